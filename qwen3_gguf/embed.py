@@ -1,0 +1,163 @@
+"""Text embeddings from a Qwen3-Embedding GGUF: last-token pooling, L2-normalized, MRL dims."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import engine
+from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
+from .errors import UserError
+from .gguf_file import read_model_file, require_kind
+from .progress import progress_bar
+from .prompts import DEFAULT_INSTRUCTION, query_text
+
+EOS_TOKEN = "<|endoftext|>"
+DEFAULT_MAX_TOKENS = 8192
+MIN_MRL_DIM = 32
+PROMPT_NAMES = ("query", "document")
+
+
+class TruncationWarning(UserWarning):
+    """Some inputs were longer than the token limit and were cut."""
+
+
+class Embedder:
+    """Embeds texts with a Qwen3-Embedding GGUF on llama.cpp.
+
+    >>> embedder = Embedder("qwen3-embedding-0.6b-q8_0.gguf")
+    >>> queries = embedder.encode(["what is GGUF?"], prompt_name="query")
+    >>> docs = embedder.encode(["GGUF is the file format of llama.cpp."])
+    >>> embedder.similarity(queries, docs)
+    """
+
+    def __init__(self, model: str | Path, *, device: str = "auto", threads: int | None = None,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, verbose: bool = False):
+        self.model_file = read_model_file(model)
+        require_kind(self.model_file, "embedding")
+        engine.init_backend(verbose=verbose)
+        self._llama = engine.LlamaModel(self.model_file.path, gpu_layers=engine.gpu_layers_for(device))
+        # Append <|endoftext|> and pool the last token ourselves: older GGUFs lack the
+        # add_eos/pooling metadata, and the result must not depend on it.
+        self._eos = self._llama.special_token(EOS_TOKEN)
+        self.dimension = self._llama.n_embd
+        if max_tokens < 2:
+            raise UserError(f"max_tokens must be at least 2, got {max_tokens}")
+        self.max_tokens = min(max_tokens, self._llama.n_ctx_train)
+        self._threads = threads or engine.default_threads()
+        self._runner: PooledRunner | None = None
+
+    def tokenize(self, text: str) -> tuple[list[int], bool]:
+        """The ids the model sees for `text` (already prompt-formatted) and whether it was cut.
+
+        Text is tokenized with control tokens off, then <|endoftext|> is appended; a text over
+        the limit keeps its first max_tokens-1 tokens and the EOS.
+        """
+        ids = self._llama.tokenize(text, special=False)
+        truncated = len(ids) + 1 > self.max_tokens
+        if truncated:
+            ids = ids[: self.max_tokens - 1]
+        ids.append(self._eos)
+        return ids, truncated
+
+    def encode(self, texts: str | Sequence[str], *, prompt_name: str | None = None,
+               instruction: str | None = None, dim: int | None = None, normalize: bool = True,
+               truncate: bool = True, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+               show_progress: bool = False) -> np.ndarray:
+        """Embed one text (→ 1-D array) or a list of texts (→ 2-D float32 array, one row each).
+
+        prompt_name="query" wraps texts in the default retrieval instruction; instruction=...
+        gives your own task description. Documents take neither. dim keeps the first `dim`
+        Matryoshka dimensions (32…n_embd) and renormalizes.
+        """
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        instruction = self._instruction(prompt_name, instruction)
+        self._check_dim(dim)
+        for i, text in enumerate(batch):
+            if not isinstance(text, str):
+                raise UserError(f"text #{i} is a {type(text).__name__}, not a string")
+            if not text:
+                raise UserError(f"text #{i} is empty; there is nothing to embed")
+
+        prompts = batch if instruction is None else [query_text(t, instruction) for t in batch]
+        sequences, n_truncated = [], 0
+        for i, prompt in enumerate(prompts):
+            ids, truncated = self.tokenize(prompt)
+            if truncated and not truncate:
+                raise UserError(f"text #{i} is longer than {self.max_tokens} tokens (truncation is off)")
+            n_truncated += truncated
+            sequences.append(ids)
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(batch)} texts were longer than {self.max_tokens} tokens "
+                "and were truncated (the end was cut, the EOS kept)",
+                TruncationWarning, stacklevel=2,
+            )
+
+        with progress_bar(total=len(sequences), enabled=show_progress, unit="text") as bar:
+            vectors = self._runner_for(batch_tokens).run(sequences, progress=bar)
+        if dim is not None:
+            vectors = vectors[:, :dim]
+        if normalize:
+            vectors = _l2_normalize(vectors)
+        return vectors[0] if single else vectors
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity between every row of `a` and every row of `b`."""
+        a = _l2_normalize(np.atleast_2d(np.asarray(a, dtype=np.float32)))
+        b = _l2_normalize(np.atleast_2d(np.asarray(b, dtype=np.float32)))
+        return a @ b.T
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        self._llama.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _runner_for(self, batch_tokens: int) -> PooledRunner:
+        """The runner (and its llama.cpp context) for this token budget, kept between calls."""
+        if batch_tokens < 1:
+            raise UserError(f"batch_tokens must be positive, got {batch_tokens}")
+        if self._runner is None or self._runner.batch_tokens != batch_tokens:
+            if self._runner is not None:
+                self._runner.close()
+            self._runner = PooledRunner(
+                self._llama, pooling=engine.POOLING_LAST, threads=self._threads,
+                batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES,
+            )
+        return self._runner
+
+    @staticmethod
+    def _instruction(prompt_name: str | None, instruction: str | None) -> str | None:
+        if prompt_name is not None and prompt_name not in PROMPT_NAMES:
+            raise UserError(f"unknown prompt_name {prompt_name!r}: use 'query' or 'document'")
+        if instruction is not None:
+            if prompt_name == "document":
+                raise UserError("documents take no instruction; drop prompt_name='document' or the instruction")
+            if not instruction.strip():
+                raise UserError("the instruction is empty")
+            return instruction
+        return DEFAULT_INSTRUCTION if prompt_name == "query" else None
+
+    def _check_dim(self, dim: int | None) -> None:
+        if dim is not None and not MIN_MRL_DIM <= dim <= self.dimension:
+            raise UserError(
+                f"--dim {dim} is outside {MIN_MRL_DIM}…{self.dimension} "
+                f"(this model's embeddings have {self.dimension} dimensions)"
+            )
+
+
+def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
