@@ -16,6 +16,10 @@ from .engine import POOLING_RANK, ContextSettings, LlamaModel, PooledContext
 DEFAULT_BATCH_TOKENS = 512
 DEFAULT_MAX_SEQUENCES = 16
 SMALLEST_CONTEXT = 256
+# A sequence longer than one decode is fed in pieces of at least this many tokens. Measured on
+# CPU: with flash attention, 64-token pieces over a 1,700-token sequence moved the embedding
+# to cosine 0.99995 against transformers fp32; 512-token pieces keep it at 1.0000000.
+MIN_PIECE_TOKENS = 512
 
 
 def plan_packs(lengths: Sequence[int], batch_tokens: int, max_sequences: int) -> list[list[int]]:
@@ -67,7 +71,7 @@ class PooledRunner:
         if self._context is not None and self._context.settings.n_ctx >= n_tokens:
             return self._context
         n_ctx = SMALLEST_CONTEXT
-        while n_ctx < max(n_tokens, self.batch_tokens):
+        while n_ctx < max(n_tokens, self.batch_tokens, MIN_PIECE_TOKENS):
             n_ctx *= 2
         if self._context is not None:
             self._context.close()
@@ -75,7 +79,7 @@ class PooledRunner:
         self._context = PooledContext(self.model, ContextSettings(
             pooling=self.pooling,
             n_ctx=n_ctx,
-            n_batch=self.batch_tokens,
+            n_batch=max(self.batch_tokens, MIN_PIECE_TOKENS),
             n_seq_max=self.max_sequences,
             threads=self.threads,
         ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +84,11 @@ class LlamaModel:
         """Token ids of `text`; `special=True` parses control tokens such as <|im_start|>.
 
         User text is tokenized with `special=False`, so a typed "<|im_start|>" stays plain text.
+        The text is NFC-normalized first, as the Qwen tokenizer.json specifies and llama.cpp
+        does not (a decomposed "é" would otherwise give different tokens than transformers).
         No BOS/EOS is added here: callers add what their prompt format needs.
         """
-        data = text.encode("utf-8")
+        data = unicodedata.normalize("NFC", text).encode("utf-8")
         while True:
             n = llama.llama_tokenize(
                 self._vocab, data, len(data), self._token_buffer, len(self._token_buffer), False, special

@@ -64,3 +64,64 @@ def reranker_oracle_untied(reranker_untied_ckpt):
     from oracle import RerankerOracle
 
     return RerankerOracle(reranker_untied_ckpt)
+
+
+# --- GGUF files converted from those checkpoints by this project's converter ---------------
+
+
+class ConvertedModels:
+    """Converts a checkpoint to a given precision once per session and hands out the path."""
+
+    def __init__(self, folder: Path):
+        self._folder = folder
+        self._done: dict[tuple[Path, str], Path] = {}
+
+    def __call__(self, checkpoint: Path, outtype: str) -> Path:
+        from qwen3_gguf.convert import convert_checkpoint
+
+        key = (checkpoint, outtype)
+        if key not in self._done:
+            out = self._folder / f"{checkpoint.name}-{outtype}.gguf"
+            self._done[key] = convert_checkpoint(checkpoint, out, outtype=outtype).path
+        return self._done[key]
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> ConvertedModels:
+    return ConvertedModels(tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.fixture(scope="session")
+def embedding_gguf_64(converted, embedding_ckpt_64) -> Path:
+    return converted(embedding_ckpt_64, "f32")
+
+
+@pytest.fixture(scope="session")
+def embedding_gguf_256(converted, embedding_ckpt_256) -> Path:
+    return converted(embedding_ckpt_256, "f32")
+
+
+@pytest.fixture(scope="session")
+def reranker_tied_gguf(converted, reranker_tied_ckpt) -> Path:
+    return converted(reranker_tied_ckpt, "f32")
+
+
+@pytest.fixture(scope="session")
+def reranker_untied_gguf(converted, reranker_untied_ckpt) -> Path:
+    return converted(reranker_untied_ckpt, "f32")
+
+
+@pytest.fixture(scope="session")
+def embedder_64(embedding_gguf_64):
+    from qwen3_gguf import Embedder
+
+    with Embedder(embedding_gguf_64, device="cpu") as embedder:
+        yield embedder
+
+
+@pytest.fixture(scope="session")
+def reranker_tied(reranker_tied_gguf):
+    from qwen3_gguf import Reranker
+
+    with Reranker(reranker_tied_gguf, device="cpu") as reranker:
+        yield reranker
