@@ -61,7 +61,8 @@ def convert(src: Path, out: Path, outtype: str, kind: str) -> None:
 
     if kind == "auto":
         detected, reason = detect_kind(src)
-        click.echo(f"detected a {detected} model ({reason})", err=True)
+        article = "an" if detected == "embedding" else "a"
+        click.echo(f"detected {article} {detected} model ({reason})", err=True)
         kind = detected
     result = convert_checkpoint(src, out, outtype=outtype, kind=kind, progress=True)
     click.echo(f"wrote {result.path} ({result.kind}, {result.outtype}, {result.n_tensors} tensors, "

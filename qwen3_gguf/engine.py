@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,18 @@ def _discard_log(level, text, user_data):  # noqa: ARG001 - ctypes callback sign
     return None
 
 
+@llama.llama_log_callback
+def _log_to_stderr(level, text, user_data):  # noqa: ARG001 - ctypes callback signature
+    sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
 _backend_initialised = False
 
 
 def init_backend(*, verbose: bool = False) -> None:
     """Initialise llama.cpp once per process; its log goes to stderr only when verbose."""
     global _backend_initialised
-    llama.llama_log_set(None if verbose else _discard_log, ctypes.c_void_p())
+    llama.llama_log_set(_log_to_stderr if verbose else _discard_log, ctypes.c_void_p())
     if not _backend_initialised:
         llama.llama_backend_init()
         _backend_initialised = True
