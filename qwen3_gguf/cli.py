@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .convert import KINDS, OUTTYPES
 from .errors import UserError
 
 DEVICES = click.Choice(["auto", "cpu", "gpu"])
@@ -51,22 +52,18 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="The GGUF file to write.")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16",
-              show_default=True, help="Precision of the written weights.")
-@click.option("--kind", type=click.Choice(["auto", "embedding", "reranker"]), default="auto",
-              show_default=True, help="Model kind; auto detects it from the checkpoint.")
+@click.option("--outtype", type=click.Choice(OUTTYPES), default="f16", show_default=True,
+              help="Precision of the written weights.")
+@click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
+              help="Model kind; auto detects it from the checkpoint.")
 def convert(src: Path, out: Path, outtype: str, kind: str) -> None:
     """Convert a Hugging Face Qwen3 checkpoint folder SRC to GGUF."""
-    from .convert import convert_checkpoint, detect_kind
+    from .convert import convert_checkpoint
 
-    if kind == "auto":
-        detected, reason = detect_kind(src)
-        article = "an" if detected == "embedding" else "a"
-        click.echo(f"detected {article} {detected} model ({reason})", err=True)
-        kind = detected
     result = convert_checkpoint(src, out, outtype=outtype, kind=kind, progress=True)
-    click.echo(f"wrote {result.path} ({result.kind}, {result.outtype}, {result.n_tensors} tensors, "
-               f"{_size(result.n_bytes)})", err=True)
+    click.echo(f"{result.kind} model ({result.kind_reason})", err=True)
+    click.echo(f"wrote {result.path} ({result.outtype}, {result.n_tensors} tensors, {_size(result.n_bytes)})",
+               err=True)
 
 
 @cli.command()

@@ -224,7 +224,7 @@ def test_convert_then_embed(embedding_ckpt_64, embedding_oracle_64, tmp_path):
     out = tmp_path / "model.gguf"
     result = run("convert", embedding_ckpt_64, "-o", out, "--outtype", "f32")
     assert result.exit_code == 0, result.output
-    assert "detected an embedding model" in result.stderr
+    assert "embedding model (README.md title" in result.stderr
     assert f"wrote {out}" in result.stderr
     with Embedder(out, device="cpu") as embedder:
         got = embedder.encode(["hello"])
@@ -234,7 +234,7 @@ def test_convert_then_embed(embedding_ckpt_64, embedding_oracle_64, tmp_path):
 def test_convert_reports_the_reranker_kind(reranker_untied_ckpt, tmp_path):
     result = run("convert", reranker_untied_ckpt, "-o", tmp_path / "r.gguf", "--outtype", "f16")
     assert result.exit_code == 0, result.output
-    assert "detected a reranker model" in result.stderr
+    assert "reranker model (README.md title" in result.stderr
 
 
 def test_convert_bad_inputs(embedding_ckpt_64, tmp_path):
