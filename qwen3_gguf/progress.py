@@ -14,6 +14,6 @@ def progress_bar(*, total: int, enabled: bool, unit: str, desc: str | None = Non
     if not enabled:
         yield None
         return
-    with tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-              disable=not sys.stderr.isatty(), leave=False) as bar:
+    with tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr,
+              dynamic_ncols=True, disable=not sys.stderr.isatty(), leave=False) as bar:
         yield bar

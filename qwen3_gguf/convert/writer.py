@@ -5,15 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import progress_bar
 from .metadata import ARCHITECTURE
 from .tensors import PlannedTensor
 
@@ -53,11 +52,11 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="Converting",
-                  disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=total_bytes, enabled=progress, unit="B", desc="Converting") as bar:
             for tensor in tensors:
                 writer.write_tensor_data(tensor.encode())
-                bar.update(tensor.nbytes)
+                if bar is not None:
+                    bar.update(tensor.nbytes)
         writer.close()
         os.replace(partial, out)
     except OSError as error:
