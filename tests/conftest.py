@@ -112,6 +112,18 @@ def reranker_untied_gguf(converted, reranker_untied_ckpt) -> Path:
 
 
 @pytest.fixture(scope="session")
+def old_style_embedding_gguf_64(embedding_gguf_64, tmp_path_factory) -> Path:
+    """The hidden-64 embedding GGUF without pooling, add_eos_token and EOS id, as older
+    official Qwen3 GGUFs are."""
+    from gguf_edit import copy_without_keys
+
+    return copy_without_keys(
+        embedding_gguf_64, tmp_path_factory.mktemp("old-style") / "embedding-64-old-style.gguf",
+        {"qwen3.pooling_type", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id"},
+    )
+
+
+@pytest.fixture(scope="session")
 def embedder_64(embedding_gguf_64):
     from qwen3_gguf import Embedder
 

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGUFWriter
 
-from gguf_edit import copy_without_keys
 from qwen3_gguf import Embedder
+from qwen3_gguf.embed import TruncationWarning
 from qwen3_gguf.cli import cli
 
 
@@ -113,10 +113,8 @@ def test_info_json_for_a_reranker(reranker_untied_gguf):
     assert facts["bits per weight"] == pytest.approx(32.0)
 
 
-def test_info_on_a_stripped_file_explains_the_eos_fallback(embedding_gguf_64, tmp_path):
-    stripped = copy_without_keys(embedding_gguf_64, tmp_path / "old.gguf",
-                                 {"qwen3.pooling_type", "tokenizer.ggml.add_eos_token"})
-    result = run("info", stripped)
+def test_info_on_an_old_style_file_explains_the_eos_fallback(old_style_embedding_gguf_64):
+    result = run("info", old_style_embedding_gguf_64)
     assert "not set (the runtime pools the last token)" in result.stdout
     assert "the runtime appends <|endoftext|> itself" in result.stdout
 
@@ -268,3 +266,21 @@ def test_console_script_runs_as_a_process(embedding_gguf_64, tmp_path):
     loud = subprocess.run([exe, "-v", "embed", "-m", str(embedding_gguf_64), "hello"],
                           capture_output=True, text=True, timeout=120)
     assert loud.returncode == 0 and "llama" in loud.stderr  # the log comes back with --verbose
+
+
+def test_a_forty_thousand_token_document(embedding_gguf_64):
+    """A huge input is tokenized whole, then cut to --max-tokens keeping the EOS (or refused)."""
+    document = " ".join(f"w{i % 10}" for i in range(20_000))  # " w" and one digit: two tokens a word
+    with Embedder(embedding_gguf_64, device="cpu", max_tokens=1024) as embedder:
+        assert len(embedder._llama.tokenize(document, special=False)) == 40_000
+        ids, truncated = embedder.tokenize(document)
+        assert truncated and len(ids) == 1024 and ids[-1] == 151643
+        with pytest.warns(TruncationWarning):
+            expected = embedder.encode(document)
+    result = run("embed", "-m", embedding_gguf_64, "--max-tokens", 1024, document)
+    assert result.exit_code == 0, result.output
+    assert "Warning: 1 of 1 texts were longer than 1024 tokens and were truncated" in result.stderr
+    np.testing.assert_allclose(jsonl(result.stdout)[0]["embedding"], expected, atol=1e-6)
+    refused = run("embed", "-m", embedding_gguf_64, "--max-tokens", 1024, "--no-truncate", document)
+    assert refused.exit_code == 2
+    assert "Error: text #0 is longer than 1024 tokens (truncation is off)" in refused.stderr

@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 
-from gguf_edit import copy_without_keys
 from qwen3_gguf import Embedder, UserError
 from qwen3_gguf.embed import TruncationWarning
 
@@ -138,13 +137,9 @@ def test_special_token_look_alikes_stay_plain_text(embedder_64, embedding_oracle
     assert ids.count(151643) == 1 and 151644 not in ids and 151645 not in ids
 
 
-def test_gguf_without_eos_and_pooling_metadata(embedding_gguf_64, embedding_oracle_64, tmp_path):
+def test_gguf_without_eos_and_pooling_metadata(old_style_embedding_gguf_64, embedding_oracle_64):
     """Older official GGUFs lack add_eos_token and pooling; the runtime must not need them."""
-    stripped = copy_without_keys(
-        embedding_gguf_64, tmp_path / "old-style.gguf",
-        {"qwen3.pooling_type", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id"},
-    )
-    with Embedder(stripped, device="cpu") as embedder:
+    with Embedder(old_style_embedding_gguf_64, device="cpu") as embedder:
         assert embedder.model_file.pooling is None and embedder.model_file.add_eos_token is None
         got = embedder.encode(TEXTS)
     assert min_cosine(got, embedding_oracle_64.embed(TEXTS)) >= 0.99999
