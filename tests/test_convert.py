@@ -13,6 +13,7 @@ import functools
 import json
 import shutil
 import struct
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -622,10 +623,16 @@ def test_sharded_checkpoint_converts_like_the_single_file(tmp_path):
     assert one == two
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+def test_progress_bar_goes_to_stderr_on_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     convert_checkpoint(mini_checkpoint(tmp_path / "ckpt"), tmp_path / "out.gguf", progress=True)
     captured = capsys.readouterr()
     assert "Converting" in captured.err and captured.out == ""
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    convert_checkpoint(mini_checkpoint(tmp_path / "ckpt"), tmp_path / "out.gguf", progress=True)
+    assert capsys.readouterr().err == ""
 
 
 # --- conversions of the real-vocabulary fixtures ---------------------------------------------
