@@ -1,0 +1,100 @@
+"""`qwen3-gguf imatrix` and `qwen3-gguf quantize`: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEVICES = click.Choice(["auto", "cpu", "gpu"])
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The imatrix GGUF to write.")
+@click.option("--calibration", multiple=True, type=click.Path(path_type=Path),
+              help="Calibration text: JSONL records with 'query' and/or 'document', or plain text "
+                   "(one document per paragraph). Repeatable. Default: the shipped multilingual set.")
+@click.option("--chunk-tokens", type=int, default=512, show_default=True,
+              help="Tokens per llama.cpp decode (the imatrix chunk size); longer inputs are cut.")
+@click.option("--chunks", type=int, help="Stop after this many chunks (default: all of the calibration).")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@click.pass_obj
+def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk_tokens: int,
+            chunks: int | None, device: str, threads: int | None) -> None:
+    """Collect an importance matrix for MODEL by running calibration text through llama.cpp.
+
+    The text is formatted as the runtime formats it: queries in the Qwen3 instruction format and
+    documents for an embedding model, full rerank prompts for a reranker.
+    """
+    from .imatrix import collect_imatrix, ensure_writable, write_imatrix
+
+    ensure_writable(output)
+    result = collect_imatrix(model, calibration, chunk_tokens=chunk_tokens, max_chunks=chunks, device=device,
+                             threads=threads, verbose=obj.verbose, show_progress=True)
+    write_imatrix(result.matrix, output)
+    click.echo(f"wrote {output}: {len(result.matrix.sums)} tensors, {result.matrix.chunk_count} chunks, "
+               f"{result.n_tokens:,} tokens in {result.seconds:.1f} s "
+               f"({result.n_tokens / result.seconds:.0f} tokens/s)", err=True)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("type_name", metavar="TYPE")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="The GGUF to write (not needed with --dry-run).")
+@click.option("--imatrix", "imatrix_file", type=click.Path(path_type=Path),
+              help="Importance matrix (GGUF or legacy .dat), from `qwen3-gguf imatrix` or llama-imatrix.")
+@click.option("--recipe", metavar="NAME|FILE",
+              help="A shipped recipe (llama-default, bump-attn-v-ffn-down, bump-edges, hybrid, hybrid-edges) "
+                   "or a TOML file of your own.")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
+              help="Type for tensors whose name matches REGEX (first match wins). Repeatable.")
+@click.option("--output-tensor-type", metavar="TYPE", help="Type of the output head (the tied token embedding).")
+@click.option("--token-embedding-type", metavar="TYPE", help="Type of the token embedding.")
+@click.option("--dry-run", is_flag=True, help="Print the per-tensor plan, size and bits per weight; write nothing.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@click.pass_obj
+def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file: Path | None,
+             recipe: str | None, tensor_types: tuple[str, ...], output_tensor_type: str | None,
+             token_embedding_type: str | None, dry_run: bool, threads: int | None) -> None:
+    """Quantize MODEL (an F32, F16 or BF16 GGUF) to TYPE with llama.cpp's own quantizer.
+
+    TYPE is a llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ... case-insensitive) or a hybrid
+    PRECISION_BASE such as bf16_q8_0 or f16_q4_k: the token embedding and output head stay at
+    PRECISION, the rest follows BASE. IQ1/IQ2/IQ3_XXS types need --imatrix.
+    """
+    from .errors import UserError
+    from .imatrix import read_imatrix
+    from .quantize import plan_quantization
+    from .quantize import quantize as run_plan
+
+    if output is None and not dry_run:
+        raise UserError("give the file to write with -o/--output (or look at the plan with --dry-run)")
+    matrix = read_imatrix(imatrix_file) if imatrix_file is not None else None
+    plan = plan_quantization(model, type_name, imatrix=matrix, recipe=recipe, tensor_types=tensor_types,
+                             output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
+    if dry_run:
+        _print_plan(plan)
+        return
+    result = run_plan(plan, output, threads=threads, show_progress=True, verbose=obj.verbose)
+    click.echo(f"wrote {result.path}: {plan.quant_type.name}, {_mib(result.file_size)}, "
+               f"{plan.bits_per_weight:.2f} bits per weight, in {result.seconds:.1f} s", err=True)
+
+
+def _print_plan(plan) -> None:
+    rows = [(t.name, " × ".join(map(str, t.shape)), t.type.name, t.why) for t in plan.tensors]
+    header = ("tensor", "shape", "type", "why")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    source_bytes = plan.model.tensor_bytes
+    click.echo(f"{plan.quant_type.name}: {len(rows)} tensors, {_mib(plan.n_bytes)} of tensor data, "
+               f"{plan.bits_per_weight:.2f} bits per weight "
+               f"(from {_mib(source_bytes)}, {8 * source_bytes / plan.n_elements:.2f} bits per weight)")
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
