@@ -1,0 +1,170 @@
+"""Where file embeddings go: JSONL (default), NPY with a JSONL sidecar, or Parquet.
+
+Files are written under a temporary name in the target folder and renamed when the run ends
+well, so an interrupted run leaves the previous file (or none), never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .errors import UserError
+from .files import Chunk
+
+FORMATS = ("jsonl", "npy", "parquet")
+NPY_HEADER_BYTES = 128     # fixed, so the row count can be filled in when the run ends
+
+
+def record(chunk: Chunk, dim: int) -> dict:
+    """The description of one chunk, as every format writes it."""
+    return {"id": f"{chunk.path}#{chunk.index}", "path": chunk.path, "chunk": chunk.index,
+            "start": chunk.start, "end": chunk.end, "dim": dim}
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSONL file describing the rows of an .npy output."""
+    return path.with_suffix(".jsonl") if path.suffix == ".npy" else path.with_name(path.name + ".jsonl")
+
+
+def check_output(path: Path | None, fmt: str) -> None:
+    """Refuse a format that cannot be written, before any work is done."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}: choose {', '.join(FORMATS)}")
+    if fmt != "jsonl" and path is None:
+        raise UserError(f"--format {fmt} writes a file: give it with -o")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow, which is not installed (pip install pyarrow); "
+                            "or use --format jsonl or npy") from None
+    if path is not None and path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a file name")
+
+
+@contextlib.contextmanager
+def open_output(path: Path | None, fmt: str) -> Iterator[_Writer]:
+    """A writer for `fmt`; its files appear under their names only if the block ends without error."""
+    check_output(path, fmt)
+    if path is None:
+        yield _JsonlWriter(sys.stdout)
+        return
+    targets = [path, sidecar_path(path)] if fmt == "npy" else [path]
+    temporaries = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in targets]
+    writer: _Writer | None = None
+    try:
+        with _cannot_write(path):
+            if fmt == "jsonl":
+                writer = _JsonlWriter(open(temporaries[0], "w", encoding="utf-8"))
+            elif fmt == "npy":
+                writer = _NpyWriter(temporaries[0], temporaries[1])
+            else:
+                writer = _ParquetWriter(temporaries[0])
+        yield writer
+        with _cannot_write(path):
+            writer.close()
+            for temporary, target in zip(reversed(temporaries), reversed(targets)):  # the .npy last
+                os.replace(temporary, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _cannot_write(path: Path):
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class _Writer:
+    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _JsonlWriter(_Writer):
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        dim = vectors.shape[1]
+        for chunk, vector in zip(chunks, vectors):
+            line = {**record(chunk, dim), "vector": [round(x, 7) for x in vector.tolist()]}
+            self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not sys.stdout and not self._stream.closed:
+            self._stream.close()
+
+
+class _NpyWriter(_Writer):
+    """A float32 matrix streamed row block by row block; the header is filled in at the end."""
+
+    def __init__(self, path: Path, sidecar: Path):
+        self._file = open(path, "wb")
+        self._file.write(b"\0" * NPY_HEADER_BYTES)
+        self._sidecar = open(sidecar, "w", encoding="utf-8")
+        self._rows = 0
+        self._dim = 0
+
+    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        self._dim = vectors.shape[1]
+        self._file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._rows += len(vectors)
+        for chunk in chunks:
+            self._sidecar.write(json.dumps(record(chunk, self._dim), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.write(_npy_header((self._rows, self._dim)))
+        self._file.close()
+        self._sidecar.close()
+
+
+def _npy_header(shape: tuple[int, int]) -> bytes:
+    """An NPY 1.0 header for a little-endian float32 C-order matrix, padded to NPY_HEADER_BYTES."""
+    description = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape[0]}, {shape[1]}), }}"
+    body = description.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin-1")
+
+
+class _ParquetWriter(_Writer):
+    def __init__(self, path: Path):
+        self._path = path
+        self._writer = None
+
+    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        dim = vectors.shape[1]
+        columns = {key: [record(c, dim)[key] for c in chunks] for key in ("id", "path", "chunk", "start", "end", "dim")}
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+        table = pa.table(columns)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
