@@ -3,6 +3,10 @@
 Inputs are sorted by length so that a decode holds sequences of similar size, packed up to a
 token budget and a sequence count, and run through a context that grows (by powers of two)
 only when a longer input arrives, so short inputs never pay for an 8k-token KV cache.
+
+Inputs that start with the same tokens (queries under one instruction, a reranker's
+system + instruction + query) share that prefix: it is decoded once per context and its KV
+cells are copied to every input, which then decodes only its own tokens.
 """
 
 from __future__ import annotations
@@ -11,15 +15,51 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .engine import POOLING_RANK, ContextSettings, LlamaModel, PooledContext
+from .engine import (
+    FA_TILE_ROWS, POOLING_RANK, ContextSettings, LlamaModel, PooledContext, common_prefix_length,
+)
 
+# --- the policy, chosen by measurement (`python benchmarks/run.py --only policy`) -------------
+#
+# 0.6B-shaped Q8_0 model on a 2-core AVX2 CPU, tokens/s, median of 2 (the machine was shared
+# with other jobs while measuring; the lead's quiet-machine run is in benchmarks/results.md):
+#                                      one sequence    packed ≤512 tok   packed ≤2,048 tok
+#   8 docs × 256 tok, flash attn      100.0 (44.2)       98.5 (43.2)       78.7 (37.1)
+#   8 docs × 256 tok, no flash         91.8 (42.3)            —            58.8 (28.1)
+#   16 queries × 30 tok, flash attn    92.7 (42.8)       90.9 (42.4)            —
+#   16 queries × 30 tok, no flash      79.7 (41.7)       80.3 (37.4)            —
+#   1 doc × 2,048 tok, flash attn      pieces of 512: (32.9)   one 2,048 decode: (28.2)
+# (2 threads, wall clock; in parentheses 1 thread, CPU time.) Packing never won: llama.cpp's
+# CPU matmuls are as efficient at 30 columns as at 480, and a packed decode attends (masked)
+# over every cell of the unified KV cache, which grows with the pack. So: one sequence per
+# decode, long ones in 512-token pieces, flash attention on, inputs sorted by length.
+DEFAULT_MAX_SEQUENCES = 1
+FLASH_ATTENTION = True  # see engine.FA_TILE_ROWS for how it is kept exact on the CPU
+# Tokens per decode: the piece size for longer sequences (and the pack budget when
+# max_sequences > 1). Pieces are never smaller than MIN_PIECE_TOKENS.
 DEFAULT_BATCH_TOKENS = 512
-DEFAULT_MAX_SEQUENCES = 16
-SMALLEST_CONTEXT = 256
-# A sequence longer than one decode is fed in pieces of at least this many tokens. Measured on
-# CPU: with flash attention, 64-token pieces over a 1,700-token sequence moved the embedding
-# to cosine 0.99995 against transformers fp32; 512-token pieces keep it at 1.0000000.
 MIN_PIECE_TOKENS = 512
+# Shared prefixes shorter than this are not worth a decode of their own (the default query
+# instruction is 19 tokens; a reranker's system prompt alone is 39).
+MIN_SHARED_PREFIX_TOKENS = 8
+SMALLEST_CONTEXT = 256
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]], hint: Sequence[int] | None = None) -> int:
+    """How many leading tokens every sequence (and `hint`, when given) has in common.
+
+    Each sequence keeps at least its last token, the one that is pooled. Tokens, not text:
+    byte-level BPE can merge across the end of an instruction ("Query:" + "what" may give
+    ":what"), so the shared part is exactly what the sequences would feed anyway. Without a
+    hint a single sequence shares nothing.
+    """
+    if not sequences or (hint is None and len(sequences) < 2):
+        return 0
+    lowest, highest = min(sequences), max(sequences)  # the set's common prefix is theirs
+    n = common_prefix_length(lowest, highest)
+    if hint is not None:
+        n = min(n, common_prefix_length(hint, lowest))
+    return max(0, min(n, min(len(s) for s in sequences) - 1))
 
 
 def plan_packs(lengths: Sequence[int], batch_tokens: int, max_sequences: int) -> list[list[int]]:
@@ -46,22 +86,39 @@ class PooledRunner:
     """Runs many token sequences through llama.cpp and returns their pooled outputs in order."""
 
     def __init__(self, model: LlamaModel, *, pooling: int, threads: int,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, max_sequences: int = DEFAULT_MAX_SEQUENCES):
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS, max_sequences: int = DEFAULT_MAX_SEQUENCES,
+                 flash_attn: bool = FLASH_ATTENTION, reuse_prefix: bool = True):
         self.model = model
         self.pooling = pooling
         self.threads = threads
         self.batch_tokens = batch_tokens
         self.max_sequences = max_sequences
+        self.flash_attn = flash_attn
+        self.reuse_prefix = reuse_prefix
         self.n_out = model.n_cls_out if pooling == POOLING_RANK else model.n_embd
         self._context: PooledContext | None = None
 
-    def run(self, sequences: Sequence[list[int]], *, progress=None) -> np.ndarray:
-        """Pooled output for each sequence; `progress` (a tqdm bar or None) advances per input."""
-        lengths = [len(s) for s in sequences]
+    def run(self, sequences: Sequence[list[int]], *, shared_prefix: Sequence[int] | None = None,
+            progress=None) -> np.ndarray:
+        """Pooled output for each sequence; `progress` (a tqdm bar or None) advances per input.
+
+        `shared_prefix` names tokens the inputs are expected to start with (the tokenized
+        instruction part of a prompt); it lets even a single input reuse a prefix held from an
+        earlier call. Whatever the hint, only tokens every input really starts with are shared.
+        """
+        n_shared = shared_prefix_length(sequences, shared_prefix) if self.reuse_prefix else 0
+        if n_shared < MIN_SHARED_PREFIX_TOKENS:
+            n_shared = 0
+        prefix = list(sequences[0][:n_shared]) if n_shared else []
+        own = [s[n_shared:] for s in sequences]
+        lengths = [len(s) for s in own]
         out = np.empty((len(sequences), self.n_out), dtype=np.float32)
         for pack in plan_packs(lengths, self.batch_tokens, self.max_sequences):
-            context = self._context_for(sum(lengths[i] for i in pack))
-            out[pack] = context.pooled([sequences[i] for i in pack])
+            # With a prefix, each input of a short pack may re-decode up to FA_TILE_ROWS prefix tokens.
+            extra = (len(pack) - 1) * FA_TILE_ROWS if n_shared else 0
+            context = self._context_for(n_shared + sum(lengths[i] for i in pack) + extra)
+            context.hold_prefix(prefix)
+            out[pack] = context.pooled([own[i] for i in pack])
             if progress is not None:
                 progress.update(len(pack))
         return out
@@ -82,6 +139,7 @@ class PooledRunner:
             n_batch=max(self.batch_tokens, MIN_PIECE_TOKENS),
             n_seq_max=self.max_sequences,
             threads=self.threads,
+            flash_attn=self.flash_attn,
         ))
         return self._context
 

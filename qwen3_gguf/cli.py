@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .catalog import default_embedding_model
+from .cli_files import embed_files, files_options, index, models, refuse_file_options, search
 from .convert import KINDS, OUTTYPES
 from .errors import UserError
 
@@ -68,7 +70,8 @@ def convert(src: Path, out: Path, outtype: str, kind: str) -> None:
 
 @cli.command()
 @click.argument("texts", nargs=-1)
-@click.option("-m", "--model", required=True, type=click.Path(path_type=Path), help="Embedding GGUF.")
+@click.option("-m", "--model", default=default_embedding_model(), show_default=True,
+              help="Embedding GGUF file or catalog name (see qwen3-gguf models).")
 @click.option("--query", "as_query", is_flag=True,
               help="Embed the texts as search queries (with the default retrieval instruction).")
 @click.option("--instruction", help="Embed the texts as queries with this task description.")
@@ -78,12 +81,24 @@ def convert(src: Path, out: Path, outtype: str, kind: str) -> None:
 @click.option("--no-truncate", is_flag=True, help="Fail on a text over --max-tokens instead of truncating it.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@files_options
 @click.pass_obj
-def embed(obj: _Context, texts: tuple[str, ...], model: Path, as_query: bool, instruction: str | None,
-          dim: int | None, max_tokens: int, no_truncate: bool, device: str, threads: int | None) -> None:
-    """Embed TEXTS (or stdin, one text per line) and print one JSON object per text."""
-    from .embed import Embedder
+def embed(obj: _Context, texts: tuple[str, ...], model: str, as_query: bool, instruction: str | None,
+          dim: int | None, max_tokens: int, no_truncate: bool, device: str, threads: int | None,
+          files_mode: bool, **file_options) -> None:
+    """Embed TEXTS (or stdin, one text per line) and print one JSON object per text.
 
+    With --files, the arguments are files and folders: each text file is split into chunks
+    and one record per chunk is written (see --format).
+    """
+    from .embed import Embedder
+    from .prompts import DEFAULT_INSTRUCTION
+
+    if files_mode:
+        return embed_files(texts, model=model, instruction=instruction or (DEFAULT_INSTRUCTION if as_query else None),
+                           dim=dim, max_tokens=max_tokens, truncate=not no_truncate, device=device,
+                           threads=threads, verbose=obj.verbose, **file_options)
+    refuse_file_options(click.get_current_context())
     inputs = list(texts) or _stdin_lines()
     embedder = Embedder(model, device=device, threads=threads, max_tokens=max_tokens, verbose=obj.verbose)
     vectors = embedder.encode(
@@ -97,7 +112,7 @@ def embed(obj: _Context, texts: tuple[str, ...], model: Path, as_query: bool, in
 
 @cli.command()
 @click.argument("documents", nargs=-1)
-@click.option("-m", "--model", required=True, type=click.Path(path_type=Path), help="Reranker GGUF.")
+@click.option("-m", "--model", required=True, help="Reranker GGUF file or catalog name (see qwen3-gguf models).")
 @click.option("-q", "--query", required=True, help="The query the documents are ranked against.")
 @click.option("--instruction", help="Task description (default: web search retrieval).")
 @click.option("-k", "--top-k", type=click.IntRange(min=1), help="Show only the best K documents.")
@@ -107,7 +122,7 @@ def embed(obj: _Context, texts: tuple[str, ...], model: Path, as_query: bool, in
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 @click.pass_obj
-def rerank(obj: _Context, documents: tuple[str, ...], model: Path, query: str, instruction: str | None,
+def rerank(obj: _Context, documents: tuple[str, ...], model: str, query: str, instruction: str | None,
            top_k: int | None, as_json: bool, max_tokens: int, device: str, threads: int | None) -> None:
     """Rank DOCUMENTS (or stdin, one per line) by relevance to --query, best first."""
     from .rerank import Reranker
@@ -192,3 +207,13 @@ def _size(n_bytes: int) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"Warning: {message}", err=True)
+
+
+cli.add_command(models)
+cli.add_command(index)
+cli.add_command(search)
+
+from .cli_quantize import imatrix, quantize  # noqa: E402 - registered after the group is defined
+
+cli.add_command(imatrix)
+cli.add_command(quantize)

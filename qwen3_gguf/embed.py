@@ -10,6 +10,7 @@ import numpy as np
 
 from . import engine
 from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
+from .catalog import resolve_model
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
 from .progress import progress_bar
@@ -35,8 +36,8 @@ class Embedder:
     """
 
     def __init__(self, model: str | Path, *, device: str = "auto", threads: int | None = None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, verbose: bool = False):
-        self.model_file = read_model_file(model)
+                 max_tokens: int = DEFAULT_MAX_TOKENS, reuse_prefix: bool = True, verbose: bool = False):
+        self.model_file = read_model_file(resolve_model(model, "embedding"))
         require_kind(self.model_file, "embedding")
         engine.init_backend(verbose=verbose)
         self._llama = engine.LlamaModel(self.model_file.path, gpu_layers=engine.gpu_layers_for(device))
@@ -48,6 +49,7 @@ class Embedder:
             raise UserError(f"max_tokens must be at least 2, got {max_tokens}")
         self.max_tokens = min(max_tokens, self._llama.n_ctx_train)
         self._threads = threads or engine.default_threads()
+        self._reuse_prefix = reuse_prefix  # False: every query decodes its instruction again
         self._runner: PooledRunner | None = None
 
     def tokenize(self, text: str) -> tuple[list[int], bool]:
@@ -62,6 +64,14 @@ class Embedder:
             ids = ids[: self.max_tokens - 1]
         ids.append(self._eos)
         return ids, truncated
+
+    def token_pieces(self, text: str) -> list[bytes]:
+        """The bytes of each token of `text` (NFC-normalized; no EOS, no truncation).
+
+        Joined they give the UTF-8 of the normalized text: the file chunker maps token
+        boundaries back to character offsets with them.
+        """
+        return [self._llama.token_bytes(token) for token in self._llama.tokenize(text, special=False)]
 
     def encode(self, texts: str | Sequence[str], *, prompt_name: str | None = None,
                instruction: str | None = None, dim: int | None = None, normalize: bool = True,
@@ -99,7 +109,8 @@ class Embedder:
             )
 
         with progress_bar(total=len(sequences), enabled=show_progress, unit="text") as bar:
-            vectors = self._runner_for(batch_tokens).run(sequences, progress=bar)
+            vectors = self._runner_for(batch_tokens).run(
+                sequences, shared_prefix=self._instruction_prefix(instruction), progress=bar)
         if dim is not None:
             vectors = vectors[:, :dim]
         if normalize:
@@ -135,8 +146,16 @@ class Embedder:
             self._runner = PooledRunner(
                 self._llama, pooling=engine.POOLING_LAST, threads=self._threads,
                 batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES,
+                reuse_prefix=self._reuse_prefix,
             )
         return self._runner
+
+    def _instruction_prefix(self, instruction: str | None) -> list[int] | None:
+        """The tokens every query under `instruction` starts with, give or take the last one
+        (BPE may merge "Query:" with the query's first characters); None for documents."""
+        if instruction is None:
+            return None
+        return self._llama.tokenize(query_text("", instruction), special=False)
 
     @staticmethod
     def _instruction(prompt_name: str | None, instruction: str | None) -> str | None:

@@ -9,14 +9,21 @@ that last-token pooling reads, and caps inputs at 512 tokens by default. So we d
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import pickle
+import re
+import signal
+import subprocess
 import sys
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
+from llama_cpp._ctypes_extensions import load_shared_library
 
 from .errors import UserError
 
@@ -85,6 +92,9 @@ class LlamaModel:
         self.n_ctx_train = llama.llama_model_n_ctx_train(self._model)
         self.n_cls_out = llama.llama_model_n_cls_out(self._model)
         self._token_buffer = (llama.llama_token * 4096)()
+        self._pieces: dict[int, bytes] = {}
+        self.path = Path(path)
+        self._head: np.ndarray | None | bool = False  # False: not read yet
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         """Token ids of `text`; `special=True` parses control tokens such as <|im_start|>.
@@ -102,6 +112,28 @@ class LlamaModel:
             if n >= 0:
                 return list(self._token_buffer[:n])
             self._token_buffer = (llama.llama_token * (-n))()
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of text one token stands for (byte-level BPE: maybe part of a character)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            n = llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            if n < 0:
+                buffer = ctypes.create_string_buffer(-n)
+                n = llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            piece = self._pieces[token] = buffer.raw[:n]
+        return piece
+
+    def classifier_head(self) -> np.ndarray | None:
+        """The rerank head as float32 rows (n_cls_out × n_embd), or None when the file's head is
+        not the single projection that Qwen3 rerankers use (then llama.cpp pools, see PooledContext)."""
+        if self._head is False:
+            from .gguf_file import read_tensors
+
+            found = read_tensors(self.path, (CLS_HEAD, *CLS_OTHER_TENSORS))
+            self._head = found[CLS_HEAD] if set(found) == {CLS_HEAD} else None
+        return self._head
 
     def special_token(self, text: str) -> int:
         """The id of a single control token given by its text, e.g. "<|endoftext|>"."""
@@ -126,7 +158,7 @@ class ContextSettings:
     pooling: int          # POOLING_LAST (embeddings) or POOLING_RANK (reranker scores)
     n_ctx: int            # KV cells shared by all sequences of one decode (unified KV cache)
     n_batch: int          # tokens per llama_decode call
-    n_seq_max: int        # sequences per llama_decode call
+    n_seq_max: int        # sequences per llama_decode call (a held shared prefix adds one more)
     threads: int
     flash_attn: bool = True
 
@@ -153,19 +185,60 @@ class _Batch:
         self.struct.logits = self.outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
 
+PREFIX_SEQ = 0  # the sequence that holds a shared prefix's KV cells; inputs are sequences 1, 2, ...
+FINAL_HIDDEN = b"result_norm"  # llama.cpp's name for the normalized last-layer hidden states
+CLS_HEAD = "cls.output.weight"
+# ggml-cpu's flash attention runs its tiled F32 kernel on decodes of at least this many tokens
+# (GGML_FA_TILE_Q in ggml-cpu/common.h of llama-cpp-python 0.3.36); shorter decodes take a path
+# that accumulates V in F16, which drifts when the decode attends to many earlier cells (1 -
+# cosine 1.1e-4 for a 1,029-token document whose last piece had 5 tokens). So with flash
+# attention, a decode that continues earlier cells gets at least this many tokens.
+FA_TILE_ROWS = 64
+CLS_OTHER_TENSORS = ("cls.weight", "cls.bias", "cls.output.bias", "cls.norm.weight")
+
+
+def split_pieces(n_tokens: int, n_batch: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    """[start, end) pieces of at most n_batch tokens; a last piece after others gets min_rows."""
+    bounds = [*range(0, n_tokens, n_batch), n_tokens]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_rows:
+        bounds[-2] = bounds[-1] - min_rows
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):
+        return n
+    return int(np.argmin(np.asarray(a[:n]) == np.asarray(b[:n])))
+
+
 class PooledContext:
     """A llama.cpp context that returns one pooled vector per sequence.
 
     With LAST pooling the vector is the final hidden state of the sequence's last token
     (n_embd floats); with RANK pooling it is the classifier output (n_cls_out floats).
+
+    Shared prefix: `hold_prefix(tokens)` decodes tokens once into sequence 0 and keeps their
+    KV cells; `pooled()` then copies those cells to each input sequence (llama_memory_seq_cp
+    only tags the cells with more sequence ids in the unified cache) and decodes only the
+    input's own tokens, at positions after the prefix. llama.cpp pools the token with the
+    highest position of each sequence in the ubatch, so the suffix's last token is pooled.
+
+    Pooling here, not in llama.cpp: an embedding context makes every token an output, and the
+    Qwen3 graph then runs the lm_head (151,669 × n_embd) on every token before pooling — about
+    a third of the model's arithmetic, thrown away. A `_FinalHiddenStates` eval callback copies
+    the pooled rows of the final hidden states and stops the graph there (measured on the 0.6B
+    shape, CPU: 1.4× tokens/s). The rerank head is then applied here: softmax(head · h), as
+    llama.cpp does for Qwen3. With another eval callback (the imatrix observer) llama.cpp pools.
     """
 
-    def __init__(self, model: LlamaModel, settings: ContextSettings):
+    def __init__(self, model: LlamaModel, settings: ContextSettings, *, eval_callback=None):
         params = llama.llama_context_default_params()
         params.n_ctx = settings.n_ctx
         params.n_batch = settings.n_batch
         params.n_ubatch = settings.n_batch
-        params.n_seq_max = settings.n_seq_max
+        params.n_seq_max = settings.n_seq_max + 1  # sequence 0 holds a shared prefix
         params.n_threads = settings.threads
         params.n_threads_batch = settings.threads
         params.embeddings = True
@@ -174,6 +247,14 @@ class PooledContext:
         params.flash_attn_type = (
             llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
+        self._head = model.classifier_head() if settings.pooling == POOLING_RANK else None
+        self._tap = None
+        if eval_callback is None and (settings.pooling == POOLING_LAST or self._head is not None):
+            self._tap = _FinalHiddenStates(model.n_embd)
+            eval_callback = self._tap.callback
+        if eval_callback is not None:  # sees every graph node: MatMulInputObserver, _FinalHiddenStates
+            params.cb_eval = eval_callback
+        self._eval_callback = eval_callback  # ctypes callbacks must outlive the context
         self._ctx = llama.llama_init_from_model(model._model, params)
         if not self._ctx:
             raise UserError(
@@ -185,6 +266,31 @@ class PooledContext:
         self.n_out = model.n_cls_out if settings.pooling == POOLING_RANK else model.n_embd
         self._memory = llama.llama_get_memory(self._ctx)
         self._batch = _Batch(settings.n_batch)
+        self._min_rows = FA_TILE_ROWS if settings.flash_attn else 1
+        self.prefix: list[int] = []  # tokens whose KV sequence 0 holds
+
+    def hold_prefix(self, tokens: Sequence[int]) -> None:
+        """Keep the KV of `tokens` in sequence 0; pooled() inputs then continue after them.
+
+        What is already held is reused as far as it agrees with `tokens`; only the rest is
+        decoded. An empty `tokens` drops the prefix.
+        """
+        tokens = list(tokens)
+        keep = common_prefix_length(self.prefix, tokens)
+        if keep == len(self.prefix) == len(tokens):
+            return
+        if len(tokens) > self.settings.n_ctx:
+            raise ValueError("the shared prefix does not fit in the context")
+        if keep < len(tokens):  # decode at least min_rows tokens (recomputing held ones)
+            keep = max(0, min(keep, len(tokens) - self._min_rows))
+        if keep == 0:
+            llama.llama_memory_clear(self._memory, True)
+        else:
+            llama.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
+        self.prefix = tokens[:keep]
+        for start, end in split_pieces(len(tokens) - keep, self.settings.n_batch, self._min_rows):
+            self._decode([(PREFIX_SEQ, tokens[keep + start:keep + end], keep + start)], keep_rows=[])
+            self.prefix = tokens[:keep + end]
 
     def pooled(self, sequences: list[list[int]]) -> np.ndarray:
         """Decode `sequences` together and return their pooled outputs, one row each.
@@ -192,30 +298,76 @@ class PooledContext:
         All sequences must fit in one batch, except a single sequence, which may be longer
         than n_batch (up to n_ctx): it is decoded in n_batch-sized pieces that build up the
         KV cache, and the pooled value of the last piece is the one for the whole sequence.
+        With a held prefix, each sequence is the continuation of the prefix (its tokens only).
         """
-        total = sum(len(s) for s in sequences)
-        if len(sequences) > self.settings.n_seq_max or total > self.settings.n_ctx:
+        n_prefix = len(self.prefix)
+        if len(sequences) > self.settings.n_seq_max:
             raise ValueError("batch exceeds the context it was planned for")
-        if len(sequences) > 1 and total > self.settings.n_batch:
+        if any(not s for s in sequences):
+            raise ValueError("every sequence needs at least one token of its own to pool")
+        # With a prefix, a short decode re-decodes the prefix's last tokens (see FA_TILE_ROWS).
+        back = self.recomputed_prefix_tokens(n_prefix, [len(s) for s in sequences])
+        start_pos = n_prefix - back
+        if back:
+            sequences = [self.prefix[start_pos:] + list(s) for s in sequences]
+        total = start_pos + sum(len(s) for s in sequences)
+        if total > self.settings.n_ctx:
+            raise ValueError("batch exceeds the context it was planned for")
+        if len(sequences) > 1 and total - start_pos > self.settings.n_batch:
             raise ValueError("several sequences must fit in one decode")
-        llama.llama_memory_clear(self._memory, True)
-        if len(sequences) == 1:
-            tokens = sequences[0]
-            for start in range(0, len(tokens), self.settings.n_batch):
-                piece = tokens[start:start + self.settings.n_batch]
-                self._decode([(0, piece, start)])
-        else:
-            self._decode([(seq, tokens, 0) for seq, tokens in enumerate(sequences)])
-        out = np.empty((len(sequences), self.n_out), dtype=np.float32)
-        for seq in range(len(sequences)):
+        seq_ids = range(PREFIX_SEQ + 1, PREFIX_SEQ + 1 + len(sequences))
+        if not n_prefix:
+            llama.llama_memory_clear(self._memory, True)
+        try:
+            for seq in seq_ids:
+                if start_pos:  # the prefix cells before start_pos, shared
+                    llama.llama_memory_seq_cp(self._memory, PREFIX_SEQ, seq, 0, start_pos)
+            if len(sequences) == 1:
+                tokens = sequences[0]
+                for start, end in split_pieces(len(tokens), self.settings.n_batch, self._min_rows):
+                    last = end == len(tokens)
+                    self._decode([(seq_ids[0], tokens[start:end], start_pos + start)],
+                                 keep_rows=[end - start - 1] if last else [])
+            else:
+                ends = np.cumsum([len(s) for s in sequences])
+                self._decode([(seq, tokens, start_pos) for seq, tokens in zip(seq_ids, sequences)],
+                             keep_rows=list(ends - 1))
+            out = self._outputs(seq_ids)
+        finally:
+            if n_prefix:  # free the inputs' cells; the prefix's stay with sequence 0
+                for seq in seq_ids:
+                    llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        return out
+
+    def recomputed_prefix_tokens(self, n_prefix: int, lengths: Sequence[int]) -> int:
+        """How many of the held prefix's last tokens each input decodes again, so that the
+        first decode has min_rows tokens (none without a prefix or flash attention)."""
+        first_decode = min(sum(lengths), self.settings.n_batch)
+        if not n_prefix or first_decode >= self._min_rows:
+            return 0
+        return min(n_prefix, -(-(self._min_rows - first_decode) // len(lengths)))
+
+    def _outputs(self, seq_ids: range) -> np.ndarray:
+        """The pooled output of each sequence of the last decode."""
+        if self._tap is not None:
+            hidden = self._tap.rows
+            if self._head is None:
+                return hidden
+            logits = hidden @ self._head.T
+            logits -= logits.max(axis=1, keepdims=True)
+            probabilities = np.exp(logits)
+            return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+        out = np.empty((len(seq_ids), self.n_out), dtype=np.float32)
+        for row, seq in enumerate(seq_ids):
             ptr = llama.llama_get_embeddings_seq(self._ctx, seq)
             if not ptr:
                 raise RuntimeError(f"llama.cpp returned no pooled output for sequence {seq}")
-            out[seq] = np.ctypeslib.as_array(ptr, shape=(self.n_out,))
+            out[row] = np.ctypeslib.as_array(ptr, shape=(self.n_out,))
         return out
 
-    def _decode(self, pieces: list[tuple[int, list[int], int]]) -> None:
-        """One llama_decode over (seq_id, tokens, first position) pieces."""
+    def _decode(self, pieces: list[tuple[int, list[int], int]], *, keep_rows: list[int]) -> None:
+        """One llama_decode over (seq_id, tokens, first position) pieces; `keep_rows` are the
+        batch rows whose final hidden states the pooling tap copies."""
         batch = self._batch
         n = 0
         for seq, tokens, first_pos in pieces:
@@ -225,9 +377,13 @@ class PooledContext:
             batch.seq_ids[n:end] = seq
             n = end
         batch.struct.n_tokens = n
+        if self._tap is not None:
+            self._tap.expect(n, keep_rows)
         status = llama.llama_decode(self._ctx, batch.struct)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+        if self._tap is not None:
+            self._tap.check()
 
     def close(self) -> None:
         if self._ctx:
@@ -236,3 +392,251 @@ class PooledContext:
 
     def __del__(self):
         self.close()
+
+
+class _FinalHiddenStates:
+    """An eval callback that copies some rows of the final hidden states (`result_norm`) and
+    then stops the graph, so that llama.cpp skips the lm_head that follows them."""
+
+    def __init__(self, n_embd: int):
+        self._ggml = _ggml()
+        self.n_embd = n_embd
+        self.rows = np.empty((0, n_embd), dtype=np.float32)
+        self._wanted: list[int] = []
+        self._n_tokens = 0
+        self._seen = False
+        self._pending: BaseException | None = None
+        self.callback = llama.ggml_backend_sched_eval_callback(self._observe)
+
+    def expect(self, n_tokens: int, rows: list[int]) -> None:
+        self._n_tokens, self._wanted, self._seen = n_tokens, rows, False
+        self.rows = np.empty((len(rows), self.n_embd), dtype=np.float32)
+
+    def _observe(self, node_address, ask, user_data) -> bool:  # noqa: ARG002 - ctypes signature
+        try:
+            node = GGMLTensor.from_address(node_address)
+            if node.name != FINAL_HIDDEN:
+                return False if ask else True
+            if ask:
+                return True
+            if list(node.ne[:2]) != [self.n_embd, self._n_tokens] or node.type != GGML_TYPE_F32:
+                raise RuntimeError(f"unexpected {FINAL_HIDDEN.decode()} tensor {list(node.ne)} type {node.type}")
+            tensor_p = ctypes.cast(ctypes.c_void_p(node_address), ctypes.POINTER(GGMLTensor))
+            for i, row in enumerate(self._wanted):
+                self._ggml.ggml_backend_tensor_get(tensor_p, self.rows[i].ctypes.data, row * node.nb[1], 4 * self.n_embd)
+            self._seen = True
+        except BaseException as exc:  # noqa: BLE001 - re-raised by check()
+            self._pending = self._pending or exc
+        return False  # stop: nothing after the final hidden states is needed
+
+    def check(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
+        if not self._seen:
+            raise RuntimeError(f"llama.cpp's graph had no {FINAL_HIDDEN.decode()} node to pool from")
+
+
+# --- importance matrix: the inputs of llama.cpp's weight multiplications -----------------------
+#
+# llama.cpp's scheduler can call back before (ask=True) and after (ask=False) each graph node.
+# We ask for the MUL_MAT nodes whose weight (src[0]) is a blk.* tensor and copy their input
+# rows (src[1]) out of the backend buffer, which also works when they live on a GPU.
+
+GGML_MAX_DIMS = 4
+GGML_MAX_OP_PARAMS_INT32 = 16
+GGML_MAX_SRC = 10
+GGML_MAX_NAME = 64
+GGML_OP_MUL_MAT = 29
+GGML_TYPE_F32 = 0
+GGML_TENSOR_BYTES = 336          # sizeof(struct ggml_tensor) in ggml.h of llama-cpp-python 0.3.36
+GGML_OBJECT_HEADER_BYTES = 32    # struct ggml_object, counted in ggml_tensor_overhead()
+
+
+class GGMLTensor(ctypes.Structure):
+    """ctypes mirror of `struct ggml_tensor` (ggml.h); its layout is checked when ggml is loaded."""
+
+
+GGMLTensor._fields_ = [
+    ("type", ctypes.c_int),
+    ("buffer", ctypes.c_void_p),
+    ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+    ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+    ("op", ctypes.c_int),
+    ("op_params", ctypes.c_int32 * GGML_MAX_OP_PARAMS_INT32),
+    ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(GGMLTensor) * GGML_MAX_SRC),
+    ("view_src", ctypes.POINTER(GGMLTensor)),
+    ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p),
+    ("name", ctypes.c_char * GGML_MAX_NAME),
+    ("extra", ctypes.c_void_p),
+    ("padding", ctypes.c_char * 8),
+]
+
+
+@functools.cache
+def _ggml() -> ctypes.CDLL:
+    """ggml-base, the library under libllama, with the few functions we call declared."""
+    lib = load_shared_library("ggml-base", llama.llama_cpp._base_path)
+    tensor_p = ctypes.POINTER(GGMLTensor)
+    lib.ggml_tensor_overhead.argtypes, lib.ggml_tensor_overhead.restype = [], ctypes.c_size_t
+    lib.ggml_op_name.argtypes, lib.ggml_op_name.restype = [ctypes.c_int], ctypes.c_char_p
+    lib.ggml_nbytes.argtypes, lib.ggml_nbytes.restype = [tensor_p], ctypes.c_size_t
+    lib.ggml_backend_tensor_get.argtypes = [tensor_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.ggml_backend_tensor_get.restype = None
+    layout = (ctypes.sizeof(GGMLTensor), lib.ggml_tensor_overhead(), lib.ggml_op_name(GGML_OP_MUL_MAT))
+    expected = (GGML_TENSOR_BYTES, GGML_TENSOR_BYTES + GGML_OBJECT_HEADER_BYTES, b"MUL_MAT")
+    if layout != expected:
+        raise RuntimeError(f"ggml's tensor layout {layout} differs from the one this code mirrors {expected}; "
+                           "install llama-cpp-python==0.3.36")
+    return lib
+
+
+def _weight_name(name: bytes) -> str:
+    """A weight's own name from a scheduler copy's name: b"CUDA0#blk.0.attn_k.weight#0" → blk.0.attn_k.weight."""
+    text = name.decode("utf-8", errors="replace")
+    return text.split("#")[1] if "#" in text else text
+
+
+class MatMulInputObserver:
+    """An eval callback that hands `on_inputs(weight, rows)` the input rows of each blk.* MUL_MAT.
+
+    `rows` is a float32 array (tokens × weight row length) of what was multiplied by the
+    weight. Exceptions (a Ctrl-C included) cannot cross llama.cpp's frames: they are kept and
+    re-raised by `raise_pending()` once `llama_decode` has returned.
+    """
+
+    def __init__(self, on_inputs):
+        self._ggml = _ggml()
+        self._on_inputs = on_inputs
+        self._pending: BaseException | None = None
+        self.callback = llama.ggml_backend_sched_eval_callback(self._observe)
+
+    def _observe(self, node_address, ask, user_data) -> bool:  # noqa: ARG002 - ctypes signature
+        try:
+            node = GGMLTensor.from_address(node_address)
+            if node.op != GGML_OP_MUL_MAT or self._pending is not None:
+                return False
+            weight, inputs = node.src[0].contents, node.src[1]
+            name = _weight_name(weight.name)
+            if ask:
+                return name.startswith("blk.") and inputs.contents.type == GGML_TYPE_F32
+            self._on_inputs(name, self._rows(inputs))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by raise_pending()
+            self._pending = self._pending or exc
+        return True
+
+    def _rows(self, tensor_p) -> np.ndarray:
+        """Copy a (possibly strided, possibly device-resident) F32 tensor out as rows of ne[0]."""
+        tensor = tensor_p.contents
+        raw = np.empty(self._ggml.ggml_nbytes(tensor_p), dtype=np.uint8)
+        self._ggml.ggml_backend_tensor_get(tensor_p, raw.ctypes.data, 0, raw.nbytes)
+        ne, nb = list(tensor.ne), list(tensor.nb)
+        values = np.ndarray(shape=ne[::-1], dtype=np.float32, buffer=raw, strides=nb[::-1])
+        return values.reshape(-1, ne[0])
+
+    def raise_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
+
+
+# --- quantization: llama_model_quantize in a child process -------------------------------------
+#
+# llama_model_quantize cannot be interrupted from Python (a Ctrl-C raised inside a ctypes
+# callback is swallowed), so it runs in a child Python process that the parent can kill. The
+# job goes to the child pickled on stdin; the child reports each tensor it starts on (read
+# off llama.cpp's log) and finally llama.cpp's status, one line each on stdout.
+
+_TENSOR_LOG_LINE = re.compile(rb"^\[\s*\d+/\s*\d+\]")
+# The child finds this package where the parent found it (last on its path: nothing is shadowed).
+_CHILD_COMMAND = ("import sys; sys.path.append({root!r}); "
+                  "from qwen3_gguf.engine import quantize_in_child; quantize_in_child()")
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    source: Path
+    destination: Path
+    file_type: int                                  # llama_ftype
+    tensor_types: tuple[tuple[str, int], ...]       # (regex, ggml_type), first match wins
+    importance: dict[str, np.ndarray] | None        # weight name → mean squared input per column
+    threads: int
+    verbose: bool = False
+
+
+def run_quantize(job: QuantizeJob, *, on_tensor=None) -> None:
+    """Quantize `job.source` into `job.destination`; `on_tensor()` is called as each tensor starts.
+
+    A KeyboardInterrupt (or any exception from `on_tensor`) kills the child at once and
+    propagates; the caller removes the partial file.
+    """
+    command = _CHILD_COMMAND.format(root=str(Path(__file__).resolve().parent.parent))
+    child = subprocess.Popen([sys.executable, "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             start_new_session=os.name == "posix")  # a terminal's Ctrl-C reaches us, not it
+    status = None
+    try:
+        pickle.dump(job, child.stdin)
+        child.stdin.close()
+        for line in child.stdout:
+            if line == b"tensor\n":
+                if on_tensor is not None:
+                    on_tensor()
+            elif line.startswith(b"status "):
+                status = int(line.split()[1])
+        child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        child.stdout.close()
+    if status != 0:
+        reason = f"status {status}" if status is not None else f"the process died with exit code {child.returncode}"
+        raise UserError(f"llama.cpp could not quantize {job.source} ({reason}; run with --verbose to see why)")
+
+
+def quantize_in_child() -> None:
+    """The child's side of run_quantize: read the job from stdin, report on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and kills us
+    report_to = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever llama.cpp prints itself must not mix into the reports
+    job: QuantizeJob = pickle.load(sys.stdin.buffer)
+
+    @llama.llama_log_callback
+    def on_log(level, text, user_data):  # noqa: ARG001 - ctypes callback signature
+        if _TENSOR_LOG_LINE.match(text):
+            report_to.write("tensor\n")
+        if job.verbose:
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+    llama.llama_log_set(on_log, ctypes.c_void_p())
+    llama.llama_backend_init()
+    params = llama.llama_model_quantize_default_params()
+    params.nthread = job.threads
+    params.ftype = job.file_type
+    keep_alive = []  # what llama.cpp reads through pointers during the call
+    if job.tensor_types:
+        overrides = (llama.llama_model_tensor_override * (len(job.tensor_types) + 1))()
+        for entry, (pattern, ggml_type) in zip(overrides, job.tensor_types):
+            keep_alive.append(pattern.encode())
+            entry.pattern, entry.type = keep_alive[-1], ggml_type
+        overrides[-1].pattern = None
+        params.tt_overrides = overrides
+        keep_alive.append(overrides)
+    if job.importance:
+        entries = (llama.llama_model_imatrix_data * (len(job.importance) + 1))()
+        for entry, (name, values) in zip(entries, job.importance.items()):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            keep_alive += [name.encode(), values]
+            entry.name = keep_alive[-2]
+            entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entry.size = values.size
+        entries[-1].name = None
+        params.imatrix = entries
+        keep_alive.append(entries)
+    status = llama.llama_model_quantize(str(job.source).encode(), str(job.destination).encode(),
+                                        ctypes.byref(params))
+    report_to.write(f"status {status}\n")
+    report_to.close()

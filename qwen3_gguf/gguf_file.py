@@ -12,10 +12,13 @@ from __future__ import annotations
 import mmap
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType, PoolingType
+from gguf.quants import dequantize
 
 from .errors import UserError
 
@@ -26,10 +29,12 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 SUPPORTED_ARCHITECTURE = "qwen3"
 CLASSIFIER_TENSOR = "cls.output.weight"
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts the process on more
 
 # String arrays are skipped unless their values are needed; numbers are always read.
 KEPT_STRING_ARRAYS = {"tokenizer.ggml.tokens"}
 
+_U64 = struct.Struct("<Q")
 _SCALARS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
     GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
@@ -103,7 +108,7 @@ def read_model_file(path: str | Path) -> ModelFile:
 
     def number(key: str) -> int:
         value = fields.get(f"{arch}.{key}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UserError(f"{path} has no valid {arch}.{key}; it cannot be run as a Qwen3 model")
         return int(value)
 
@@ -118,10 +123,17 @@ def read_model_file(path: str | Path) -> ModelFile:
         raise UserError(f"{path} says it is a reranker but has no {CLASSIFIER_TENSOR} tensor")
     if "token_embd.weight" not in tensor_names:
         raise UserError(f"{path} has no token_embd.weight tensor; it is not a complete Qwen3 model")
+    _check_attention_shape(path, fields, arch, number)
+    if number("block_count") > MAX_LAYERS:
+        raise UserError(f"{path} says it has {number('block_count')} layers; llama.cpp allows at most {MAX_LAYERS}")
+    for tensor in header.tensors:
+        if len(tensor.shape) == 1 and tensor.type != GGMLQuantizationType.F32:
+            # llama.cpp's CPU kernels multiply by norm weights in F32 only and abort otherwise.
+            raise UserError(f"{path}: the 1-D tensor {tensor.name} is {tensor.type.name}; it must be F32")
 
-    tokens = fields.get("tokenizer.ggml.tokens")
+    tokens = _vocabulary(path, fields)
     eos_id = fields.get("tokenizer.ggml.eos_token_id")
-    eos_token = tokens[eos_id] if isinstance(tokens, list) and isinstance(eos_id, int) and eos_id < len(tokens) else None
+    eos_token = tokens[eos_id] if isinstance(eos_id, int) and 0 <= eos_id < len(tokens) else None
     add_eos = fields.get("tokenizer.ggml.add_eos_token")
     tensor_types = Counter(t.type.name for t in header.tensors)
 
@@ -146,6 +158,35 @@ def read_model_file(path: str | Path) -> ModelFile:
     )
 
 
+def _check_attention_shape(path: Path, fields: dict[str, object], arch: str, number) -> None:
+    """Head sizes as llama.cpp derives them; its Qwen3 graph aborts the process unless they agree."""
+    head_count, head_count_kv = number("attention.head_count"), number("attention.head_count_kv")
+    if head_count % head_count_kv:
+        raise UserError(f"{path} has {head_count} attention heads, not a multiple of its {head_count_kv} KV heads")
+    default_head = number("embedding_length") // head_count
+    key = fields.get(f"{arch}.attention.key_length", default_head)
+    value = fields.get(f"{arch}.attention.value_length", default_head)
+    rope = fields.get(f"{arch}.rope.dimension_count", key)
+    if not key == value == rope:
+        raise UserError(f"{path} has inconsistent head sizes (key {key}, value {value}, rope {rope}); "
+                        "a Qwen3 model needs them equal")
+
+
+def _vocabulary(path: Path, fields: dict[str, object]) -> list[str]:
+    """The token list (empty if there is none), checked where llama.cpp would abort the process."""
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list):
+        return []
+    if len(set(tokens)) != len(tokens):
+        duplicate = next(t for t, n in Counter(tokens).items() if n > 1)
+        raise UserError(f"{path} has a damaged vocabulary: the token {duplicate!r} appears twice")
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        values = fields.get(key)
+        if values is not None and (not isinstance(values, list) or len(values) != len(tokens)):
+            raise UserError(f"{path} has a damaged vocabulary: {key} does not match the {len(tokens)} tokens")
+    return tokens
+
+
 def require_kind(model: ModelFile, kind: str) -> None:
     """Refuse an embedding GGUF where a reranker is needed, and the other way round."""
     if model.kind != kind:
@@ -155,8 +196,11 @@ def require_kind(model: ModelFile, kind: str) -> None:
                         f"use {use[model.kind]} for it")
 
 
-def read_header(path: Path) -> GGUFHeader:
-    """Parse and check the header and tensor table of a GGUF file (a UserError if damaged)."""
+def read_header(path: Path, *, keep_strings: frozenset[str] | set[str] = KEPT_STRING_ARRAYS) -> GGUFHeader:
+    """Parse and check the header and tensor table of a GGUF file (a UserError if damaged).
+
+    String arrays are decoded only for the keys in `keep_strings` (the others hold their length).
+    """
     if not path.exists():
         raise UserError(f"model file not found: {path}")
     if path.is_dir():
@@ -170,7 +214,7 @@ def read_header(path: Path) -> GGUFHeader:
                 if data[:4] != GGUF_MAGIC:
                     raise UserError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
                 try:
-                    return _HeaderParser(data).parse()
+                    return _HeaderParser(data, keep_strings).parse()
                 except _Damaged as exc:
                     raise UserError(f"{path} is a corrupted or truncated GGUF: {exc}") from None
     except OSError as exc:
@@ -184,7 +228,8 @@ class _Damaged(Exception):
 class _HeaderParser:
     """A bounds-checked reader over the header bytes; every count is checked against them."""
 
-    def __init__(self, data: mmap.mmap):
+    def __init__(self, data: mmap.mmap, keep_strings: frozenset[str] | set[str] = KEPT_STRING_ARRAYS):
+        self.keep_strings = keep_strings
         self.data = data
         self.file_size = len(data)
         self.pos = 4
@@ -200,7 +245,7 @@ class _HeaderParser:
             key = self._string()
             if key in fields:
                 raise _Damaged(f"key {key!r} appears twice")
-            fields[key] = self._value(self._value_type(), keep_strings=key in KEPT_STRING_ARRAYS)
+            fields[key] = self._value(self._value_type(), keep_strings=key in self.keep_strings)
         infos = [self._tensor_info() for _ in range(n_tensors)]
 
         alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
@@ -270,19 +315,39 @@ class _HeaderParser:
             raise _Damaged("nested arrays are not used by GGUF models")
         if item_type == GGUFValueType.STRING:
             count = self._count("<Q", min_item_bytes=8, what="string array length")
-            if keep_strings:
-                return [self._string() for _ in range(count)]
-            for _ in range(count):
-                length = self._scalar("<Q")
-                self._need(length)
-                self.pos += length
-            return count
+            return self._string_array(count, keep_strings)
         fmt = _SCALARS[item_type]
         size = struct.calcsize(fmt)
         count = self._count("<Q", min_item_bytes=size, what="array length")
         values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.data, self.pos))
         self.pos += count * size
         return values
+
+    def _string_array(self, count: int, keep: bool) -> list[str] | int:
+        """`count` strings (or, not kept, their count): a tight loop, as the Qwen vocabulary and
+        merges are 151k strings each and this parse is on every command's path to a model."""
+        data, end, pos = self.data, len(self.data), self.pos
+        unpack = _U64.unpack_from
+        raw = []
+        for _ in range(count):
+            if pos + 8 > end:
+                raise _Damaged(f"the file ends early (at byte {end}, needed {pos + 8})")
+            (length,) = unpack(data, pos)
+            pos += 8
+            if pos + length > end:
+                raise _Damaged(f"the file ends early (at byte {end}, needed {pos + length})")
+            if keep:
+                raw.append(data[pos:pos + length])
+            pos += length
+        if not keep:
+            self.pos = pos
+            return count
+        try:
+            strings = [item.decode("utf-8") for item in raw]
+        except UnicodeDecodeError:
+            raise _Damaged(f"a string in the array at byte {self.pos} is not UTF-8") from None
+        self.pos = pos
+        return strings
 
     def _tensor_info(self) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
         name = self._string()
@@ -300,6 +365,22 @@ class _HeaderParser:
         if ggml_type not in GGML_QUANT_SIZES:
             raise _Damaged(f"tensor {name} has type {ggml_type.name}, which has no known size")
         return name, shape, ggml_type, self._scalar("<Q")
+
+
+def read_tensors(path: Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The values of the (small) tensors named, those present, as float32 rows, dequantized."""
+    header = read_header(Path(path), keep_strings=frozenset())
+    wanted = set(names)
+    values = {}
+    with Path(path).open("rb") as f:
+        for info in header.tensors:
+            if info.name in wanted:
+                f.seek(info.offset)
+                raw = np.frombuffer(f.read(info.n_bytes), dtype=np.uint8)
+                rows = info.n_elements // info.shape[0]
+                values[info.name] = np.asarray(
+                    dequantize(raw.reshape(rows, -1), info.type), dtype=np.float32).reshape(rows, info.shape[0])
+    return values
 
 
 def _file_type_name(value) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import engine
 from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
+from .catalog import resolve_model
 from .embed import DEFAULT_MAX_TOKENS, TruncationWarning
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
@@ -39,8 +40,8 @@ class Reranker:
 
     def __init__(self, model: str | Path, *, device: str = "auto", threads: int | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 verbose: bool = False):
-        self.model_file = read_model_file(model)
+                 reuse_prefix: bool = True, verbose: bool = False):
+        self.model_file = read_model_file(resolve_model(model, "reranker"))
         require_kind(self.model_file, "reranker")
         engine.init_backend(verbose=verbose)
         self._llama = engine.LlamaModel(self.model_file.path, gpu_layers=engine.gpu_layers_for(device))
@@ -55,7 +56,7 @@ class Reranker:
             raise UserError(f"max_tokens {max_tokens} leaves no room for the query and document")
         self._runner = PooledRunner(
             self._llama, pooling=engine.POOLING_RANK, threads=threads or engine.default_threads(),
-            batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES,
+            batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES, reuse_prefix=reuse_prefix,
         )
 
     def tokenize(self, query: str, document: str, instruction: str = DEFAULT_INSTRUCTION) -> tuple[list[int], bool]:
@@ -92,7 +93,9 @@ class Reranker:
                 TruncationWarning, stacklevel=2,
             )
         with progress_bar(total=len(sequences), enabled=show_progress, unit="doc") as bar:
-            probabilities = self._runner.run(sequences, progress=bar)
+            # The system prompt, instruction and query are decoded once, not once per document.
+            shared = self._prefix + self._llama.tokenize(rerank_body(query, "", instruction), special=False)
+            probabilities = self._runner.run(sequences, shared_prefix=shared, progress=bar)
         return probabilities[:, 0].copy()
 
     def rank(self, query: str, documents: Sequence[str], *, top_k: int | None = None,

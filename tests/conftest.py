@@ -137,3 +137,36 @@ def reranker_tied(reranker_tied_gguf):
 
     with Reranker(reranker_tied_gguf, device="cpu") as reranker:
         yield reranker
+
+
+# --- importance matrix and quantization (test_imatrix.py, test_quantize.py) -------------------
+
+CALIBRATION_RECORDS = [
+    {"query": "how do tides work", "document": "Tides are caused mainly by the Moon's gravity pulling on the oceans."},
+    {"query": "量子计算是什么", "document": "量子计算机利用量子比特进行运算，可以同时处于多种状态。"},
+    {"document": "def add(a, b):\n    return a + b\n"},
+    {"query": "Warum ist der Himmel blau?", "document": "Kurzwelliges blaues Licht wird in der Luft stärker gestreut."},
+    {"query": "كيف تعمل الألواح الشمسية", "document": "تتكون الألواح الشمسية من خلايا مصنوعة غالباً من السيليكون."},
+    {"query": "रात को नींद क्यों नहीं आती", "instruction": "Find advice on sleep",
+     "document": "सोने से पहले मोबाइल का इस्तेमाल कम करें और रोज़ एक ही समय पर सोएं।"},
+    {"query": "日本の桜の季節", "document": "東京の桜は三月下旬から四月上旬に見ごろを迎えます。"},
+    {"query": "как приготовить борщ", "document": "Для борща сначала варят бульон, затем добавляют свёклу и капусту."},
+]
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory) -> Path:
+    """A small JSONL calibration set: multilingual queries and documents, one custom instruction."""
+    import json
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in CALIBRATION_RECORDS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def imatrix_256(embedding_gguf_256, calibration_file):
+    """The importance matrix of the hidden-256 embedding GGUF on `calibration_file` (a CollectionResult)."""
+    from qwen3_gguf.imatrix import collect_imatrix
+
+    return collect_imatrix(embedding_gguf_256, [calibration_file], chunk_tokens=256, device="cpu")
