@@ -6,6 +6,7 @@ well, so an interrupted run leaves the previous file (or none), never a truncate
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -89,12 +90,14 @@ def _cannot_write(path: Path):
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-class _Writer:
-    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
-        raise NotImplementedError
+class _Writer(abc.ABC):
+    """One output format: records are written batch by batch, then the file is finished."""
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class _JsonlWriter(_Writer):
