@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -220,6 +221,13 @@ def child_ours(spec: dict) -> dict:
     return {"seconds": timed_runs(call, spec["runs"])}
 
 
+@functools.cache
+def _SILENT_LOG():  # noqa: N802 - a ctypes callback must outlive every later llama.cpp call
+    import llama_cpp
+
+    return llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+
+
 def child_raw(spec: dict) -> dict:
     """The floor: llama_decode over the same token sequences, contexts and pieces as the
     Embedder, written against llama-cpp-python's low-level API with nothing else around it."""
@@ -229,8 +237,7 @@ def child_raw(spec: dict) -> dict:
     from qwen3_gguf.batching import MIN_PIECE_TOKENS, SMALLEST_CONTEXT
     from qwen3_gguf.engine import FA_TILE_ROWS, GGMLTensor, split_pieces
 
-    silent = llama.llama_log_callback(lambda *a: None)
-    llama.llama_log_set(silent, ctypes.c_void_p())
+    llama.llama_log_set(_SILENT_LOG(), ctypes.c_void_p())
     llama.llama_backend_init()
     params = llama.llama_model_default_params()
     params.n_gpu_layers = 0
@@ -297,7 +304,12 @@ def child_raw(spec: dict) -> dict:
     def call(warmup=False):
         embed_all([sequences[0][:8]] if warmup else sequences)
 
-    return {"seconds": timed_runs(call, spec["runs"])}
+    seconds = timed_runs(call, spec["runs"])
+    for ctx in contexts.values():
+        llama.llama_free(ctx)
+    llama.llama_batch_free(batch)
+    llama.llama_model_free(model)
+    return {"seconds": seconds}
 
 
 def child_llama_embed(spec: dict) -> dict:

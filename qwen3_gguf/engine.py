@@ -188,13 +188,19 @@ class _Batch:
 PREFIX_SEQ = 0  # the sequence that holds a shared prefix's KV cells; inputs are sequences 1, 2, ...
 FINAL_HIDDEN = b"result_norm"  # llama.cpp's name for the normalized last-layer hidden states
 CLS_HEAD = "cls.output.weight"
-# ggml-cpu's flash attention runs its tiled F32 kernel on decodes of at least this many tokens
-# (GGML_FA_TILE_Q in ggml-cpu/common.h of llama-cpp-python 0.3.36); shorter decodes take a path
-# that accumulates V in F16, which drifts when the decode attends to many earlier cells (1 -
-# cosine 1.1e-4 for a 1,029-token document whose last piece had 5 tokens). So with flash
-# attention, a decode that continues earlier cells gets at least this many tokens.
-FA_TILE_ROWS = 64
 CLS_OTHER_TENSORS = ("cls.weight", "cls.bias", "cls.output.bias", "cls.norm.weight")
+# ggml-cpu's flash attention runs its tiled F32 kernel on decodes of at least FA_TILE_ROWS
+# tokens (GGML_FA_TILE_Q in ggml-cpu/common.h of llama-cpp-python 0.3.36); shorter decodes
+# take a path that accumulates V in F16, and its error grows with the cells the decode attends
+# to. Measured, 1 - cosine to transformers for a 5-token decode after N cells (F32 GGUF): N=88
+# 1.1e-6, 178 1.9e-6, 378 5.0e-6, 898 2.0e-5, 1,898 2.0e-4 (and 1.1e-4 for a 1,029-token
+# document whose last 512-token piece had 5 tokens). So a decode that would attend to more than
+# FA_SHORT_SPAN cells gets at least FA_TILE_ROWS tokens: the last piece of a long input takes
+# tokens from the piece before, and an input after a long shared prefix decodes the prefix's
+# last tokens again. Up to FA_SHORT_SPAN cells the short path is kept: a short input alone
+# takes it too. With the rule, every case above is at 1.2e-7.
+FA_TILE_ROWS = 64
+FA_SHORT_SPAN = 256
 
 
 def split_pieces(n_tokens: int, n_batch: int, min_rows: int = 1) -> list[tuple[int, int]]:
@@ -222,8 +228,9 @@ class PooledContext:
     Shared prefix: `hold_prefix(tokens)` decodes tokens once into sequence 0 and keeps their
     KV cells; `pooled()` then copies those cells to each input sequence (llama_memory_seq_cp
     only tags the cells with more sequence ids in the unified cache) and decodes only the
-    input's own tokens, at positions after the prefix. llama.cpp pools the token with the
-    highest position of each sequence in the ubatch, so the suffix's last token is pooled.
+    input's own tokens, at positions after the prefix; the pooled row is the input's last token.
+    (Where llama.cpp pools, it takes the token with the highest position of each sequence in the
+    ubatch: the suffix's last token too.)
 
     Pooling here, not in llama.cpp: an embedding context makes every token an output, and the
     Qwen3 graph then runs the lm_head (151,669 × n_embd) on every token before pooling — about
@@ -281,7 +288,7 @@ class PooledContext:
             return
         if len(tokens) > self.settings.n_ctx:
             raise ValueError("the shared prefix does not fit in the context")
-        if keep < len(tokens):  # decode at least min_rows tokens (recomputing held ones)
+        if keep < len(tokens) and len(tokens) > FA_SHORT_SPAN:  # see FA_TILE_ROWS
             keep = max(0, min(keep, len(tokens) - self._min_rows))
         if keep == 0:
             llama.llama_memory_clear(self._memory, True)
@@ -340,10 +347,10 @@ class PooledContext:
         return out
 
     def recomputed_prefix_tokens(self, n_prefix: int, lengths: Sequence[int]) -> int:
-        """How many of the held prefix's last tokens each input decodes again, so that the
-        first decode has min_rows tokens (none without a prefix or flash attention)."""
+        """How many of the held prefix's last tokens each input decodes again, so that a first
+        decode after a long prefix has FA_TILE_ROWS tokens (none without flash attention)."""
         first_decode = min(sum(lengths), self.settings.n_batch)
-        if not n_prefix or first_decode >= self._min_rows:
+        if not n_prefix or first_decode >= self._min_rows or n_prefix + first_decode <= FA_SHORT_SPAN:
             return 0
         return min(n_prefix, -(-(self._min_rows - first_decode) // len(lengths)))
 

@@ -10,7 +10,7 @@ from qwen3_gguf import Embedder, engine
 from qwen3_gguf.batching import (
     DEFAULT_MAX_SEQUENCES, FLASH_ATTENTION, MIN_PIECE_TOKENS, PooledRunner, plan_packs, shared_prefix_length,
 )
-from qwen3_gguf.engine import FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
+from qwen3_gguf.engine import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
 
 # --- planning ---------------------------------------------------------------------------------
 
@@ -62,6 +62,26 @@ def test_query_prefix_stops_where_bpe_merges_across_the_boundary(embedder_64):
     assert ids[0][:n] == ids[1][:n] == hint[:n]
     assert ids[0][n] != ids[1][n]
     assert n == len(hint) - 1
+
+
+def test_short_decodes_after_a_long_prefix_recompute_its_tail(embedding_gguf_64):
+    """With flash attention a decode under FA_TILE_ROWS tokens that attends to more than
+    FA_SHORT_SPAN cells takes the prefix's last tokens along; shorter spans keep the saving."""
+    model = engine.LlamaModel(embedding_gguf_64)
+    settings = engine.ContextSettings(pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1)
+    context = engine.PooledContext(model, settings)
+    assert context.recomputed_prefix_tokens(0, [5]) == 0
+    assert context.recomputed_prefix_tokens(19, [10]) == 0                      # a query's instruction
+    assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [5]) == FA_TILE_ROWS - 5
+    assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [100]) == 0
+    assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [5, 5]) == (FA_TILE_ROWS - 10) // 2
+    assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [600]) == 0          # first piece is full
+    context.close()
+    no_flash = engine.PooledContext(model, engine.ContextSettings(
+        pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1, flash_attn=False))
+    assert no_flash.recomputed_prefix_tokens(900, [5]) == 0
+    no_flash.close()
+    model.close()
 
 
 # --- the runner and its context ------------------------------------------------------------------
