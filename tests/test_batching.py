@@ -8,7 +8,7 @@ import pytest
 
 from qwen3_gguf import Embedder, engine
 from qwen3_gguf.batching import (
-    DEFAULT_MAX_SEQUENCES, FLASH_ATTENTION, MIN_PIECE_TOKENS, PooledRunner, plan_packs, shared_prefix_length,
+    DEFAULT_MAX_SEQUENCES, FLASH_ATTENTION, MIN_PIECE_TOKENS, PACK_TOKENS, PooledRunner, plan_packs, shared_prefix_length,
 )
 from qwen3_gguf.engine import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
 
@@ -17,19 +17,23 @@ from qwen3_gguf.engine import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING
 
 def test_packs_are_sorted_by_length_and_within_budgets():
     lengths = [300, 10, 200, 10, 600, 50, 120]
-    packs = plan_packs(lengths, batch_tokens=256, max_sequences=3)
+    packs = plan_packs(lengths, pack_tokens=256, max_sequences=3)
     order = [i for pack in packs for i in pack]
     assert sorted(order) == list(range(len(lengths)))
     assert [lengths[i] for i in order] == sorted(lengths)
     for pack in packs:
         assert len(pack) <= 3
         assert len(pack) == 1 or sum(lengths[i] for i in pack) <= 256
-    assert [4] in packs and [0] in packs  # longer than the budget: alone, decoded in pieces
+    assert [4] in packs and [0] in packs  # longer than the budget: alone
 
 
-def test_default_policy_is_one_sequence_per_decode():
-    lengths = [5, 7, 9, 700]
-    assert plan_packs(lengths, 512, DEFAULT_MAX_SEQUENCES) == [[0], [1], [2], [3]]
+def test_default_policy_packs_only_short_inputs():
+    """Queries after a shared instruction (a few tokens each) share decodes; documents do not."""
+    lengths = [9, 8, 40, 30, 65, 300, 700] + [3] * 20
+    packs = plan_packs(lengths, PACK_TOKENS, DEFAULT_MAX_SEQUENCES)
+    assert [4] in packs and [5] in packs and [6] in packs
+    assert max(len(pack) for pack in packs) == DEFAULT_MAX_SEQUENCES  # twenty 3-token inputs: 16, then the rest
+    assert all(len(pack) == 1 or sum(lengths[i] for i in pack) <= PACK_TOKENS for pack in packs)
 
 
 @pytest.mark.parametrize("n_tokens, n_batch", [(1, 512), (512, 512), (513, 512), (1029, 512), (1100, 512), (70, 64)])
@@ -115,13 +119,14 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("max_sequences, batch_tokens, flash_attn", [
-    (1, 512, True), (16, 512, True), (16, 2048, True), (1, 512, False), (4, 64, False),
+@pytest.mark.parametrize("max_sequences, batch_tokens, pack_tokens, flash_attn", [
+    (1, 512, 64, True), (16, 512, 64, True), (16, 2048, 2048, True), (1, 512, 64, False), (4, 64, 64, False),
 ])
-def test_results_do_not_depend_on_the_policy(embedder_64, embedding_oracle_64, max_sequences, batch_tokens, flash_attn):
+def test_results_do_not_depend_on_the_policy(embedder_64, embedding_oracle_64, max_sequences, batch_tokens,
+                                             pack_tokens, flash_attn):
     expected = embedding_oracle_64.embed(TEXTS)
     runner = PooledRunner(embedder_64._llama, pooling=POOLING_LAST, threads=1, batch_tokens=batch_tokens,
-                          max_sequences=max_sequences, flash_attn=flash_attn)
+                          max_sequences=max_sequences, pack_tokens=pack_tokens, flash_attn=flash_attn)
     got = runner.run(sequences_for(embedder_64, TEXTS))
     runner.close()
     got /= np.linalg.norm(got, axis=1, keepdims=True)

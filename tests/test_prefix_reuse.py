@@ -12,6 +12,7 @@ import pytest
 
 from qwen3_gguf import Embedder, Reranker
 from qwen3_gguf.batching import MIN_SHARED_PREFIX_TOKENS
+from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
 
 QUERIES = [
     "what is GGUF?",
@@ -63,6 +64,14 @@ def test_queries_match_the_no_reuse_path(embedding_gguf_64, plain_embedder, inst
         assert n_held >= MIN_SHARED_PREFIX_TOKENS
     if instruction == LONG_INSTRUCTION:
         assert n_held > 512  # longer than one decode: the prefix itself went in pieces
+
+
+def test_packed_queries_match_transformers(embedder_64, embedding_oracle_64):
+    """Thirty short queries after the held instruction share decodes (PACK_TOKENS rows each)."""
+    queries = [f"query {i}: {word}" for i, word in enumerate(("gguf", "rust", "été", "数据", "why?") * 6)]
+    got = embedder_64.encode(queries, prompt_name="query")
+    expected = embedding_oracle_64.embed(queries, instruction=DEFAULT_INSTRUCTION)
+    assert min_cosine(got, expected) >= 0.99999
 
 
 def test_identical_prompts_keep_their_last_token(embedding_gguf_64, plain_embedder):
