@@ -26,7 +26,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", UserWarning)  # every truncation is told
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
@@ -105,8 +105,8 @@ def embed(obj: _Context, texts: tuple[str, ...], model: str, as_query: bool, ins
         inputs, prompt_name="query" if as_query else None, instruction=instruction, dim=dim,
         truncate=not no_truncate, show_progress=True,
     )
-    for index, (text, vector) in enumerate(zip(inputs, vectors)):
-        record = {"index": index, "text": text, "dim": len(vector), "embedding": [round(float(x), 7) for x in vector]}
+    for number, (text, vector) in enumerate(zip(inputs, vectors)):
+        record = {"index": number, "text": text, "dim": len(vector), "embedding": [round(float(x), 7) for x in vector]}
         click.echo(json.dumps(record, ensure_ascii=False))
 
 
@@ -213,7 +213,8 @@ cli.add_command(models)
 cli.add_command(index)
 cli.add_command(search)
 
-from .cli_quantize import imatrix, quantize  # noqa: E402 - registered after the group is defined
+from .cli_quantize import imatrix, quantize, sweep  # noqa: E402 - registered after the group is defined
 
 cli.add_command(imatrix)
 cli.add_command(quantize)
+cli.add_command(sweep)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .errors import UserError
+
 DEVICES = click.Choice(["auto", "cpu", "gpu"])
 
 
@@ -66,7 +68,6 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
     PRECISION_BASE such as bf16_q8_0 or f16_q4_k: the token embedding and output head stay at
     PRECISION, the rest follows BASE. IQ1/IQ2/IQ3_XXS types need --imatrix.
     """
-    from .errors import UserError
     from .imatrix import read_imatrix
     from .quantize import plan_quantization
     from .quantize import quantize as run_plan
@@ -82,6 +83,76 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
     result = run_plan(plan, output, threads=threads, show_progress=True, verbose=obj.verbose)
     click.echo(f"wrote {result.path}: {plan.quant_type.name}, {_mib(result.file_size)}, "
                f"{plan.bits_per_weight:.2f} bits per weight, in {result.seconds:.1f} s", err=True)
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the quantized files and the report (re-running resumes in it).")
+@click.option("--types", metavar="LIST", help="Comma-separated quantization types "
+              "[default: Q2_K,Q3_K_M,Q4_K_M,Q5_K_M,Q6_K,Q8_0,IQ3_M,IQ4_XS,bf16_q8_0].")
+@click.option("--recipes", metavar="LIST", help="Comma-separated recipes (names or TOML files), each applied "
+              "to every type [default: llama-default,bump-edges].")
+@click.option("--imatrix", "imatrix_file", type=click.Path(path_type=Path),
+              help="Use this importance matrix instead of collecting one.")
+@click.option("--calibration", multiple=True, type=click.Path(path_type=Path),
+              help="Collect the imatrix on this text (as `qwen3-gguf imatrix`). Default: the shipped set.")
+@click.option("--chunks", type=click.IntRange(min=1),
+              help="Collect the imatrix on at most this many 512-token chunks (default: all the calibration).")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path),
+              help="Evaluation JSONL: records with 'query' and/or 'document'. Default: the shipped multilingual set.")
+@click.option("--reference", type=click.Choice(["f32", "bf16"], case_sensitive=False),
+              help="Precision a checkpoint is converted to, the reference every file is measured against "
+                   "[default: f32].")
+@click.option("--limit", type=int, help="Evaluate on the first N records of the evaluation set only.")
+@click.option("--max-tokens", type=int, default=512, show_default=True,
+              help="Evaluation texts are cut to this many tokens (alike for every file).")
+@click.option("--dim", type=int, help="The reduced Matryoshka dimension also measured [default: 256, or half "
+              "of a smaller model's].")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@click.pass_obj
+def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None, imatrix_file: Path | None,
+          calibration: tuple[Path, ...], chunks: int | None, eval_file: Path | None, reference: str | None,
+          limit: int | None, max_tokens: int, dim: int | None, threads: int | None) -> None:
+    """Build quants of SRC (a checkpoint folder or an unquantized GGUF) for every type and recipe,
+    measure each against the reference on an evaluation set, and report size, fidelity and speed.
+
+    Writes DIR/report.md (sorted by size, Pareto-optimal rows marked), DIR/report.json and, when
+    matplotlib is installed, DIR/pareto.png.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from .progress import progress_bar
+    from .sweep import DEFAULT_RECIPES, DEFAULT_TYPES, SweepSettings, count_steps, run_sweep
+    from .sweep_report import write_reports
+
+    settings = SweepSettings(
+        types=_names(types, "--types") or DEFAULT_TYPES, recipes=_names(recipes, "--recipes") or DEFAULT_RECIPES,
+        imatrix=imatrix_file, calibration=calibration, imatrix_chunks=chunks, eval_file=eval_file,
+        reference=reference.lower() if reference else None, limit=limit, max_tokens=max_tokens,
+        reduced_dim=dim, threads=threads,
+    )
+    with progress_bar(total=count_steps(settings), enabled=True, unit="step", desc="sweep") as bar:
+        result = run_sweep(src, out_dir, settings, say=lambda line: tqdm.write(line, file=sys.stderr),
+                           step=lambda: bar.update(1), verbose=obj.verbose)
+    written, skipped = write_reports(result, out_dir)
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+    if skipped:
+        click.echo(f"pareto.png skipped: {skipped}", err=True)
+    click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
+
+
+def _names(value: str | None, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+    
+        raise UserError(f"{option} is empty; give a comma-separated list")
+    return names
 
 
 def _print_plan(plan) -> None:

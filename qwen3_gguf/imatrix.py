@@ -16,7 +16,6 @@ Files are the GGUF imatrix format llama-imatrix writes and llama-quantize reads
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import secrets
 import struct
@@ -32,6 +31,7 @@ from . import engine
 from .errors import UserError
 from .gguf_file import read_header, read_model_file
 from .progress import progress_bar
+from .text_records import TextRecord, read_text_records
 from .prompts import DEFAULT_INSTRUCTION, query_text
 
 DEFAULT_CHUNK_TOKENS = 512
@@ -182,21 +182,12 @@ def _read_legacy_imatrix(path: Path) -> ImportanceMatrix:
 
 # --- calibration -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CalibrationText:
-    """One calibration item: a query, a document that answers it, or both."""
-
-    query: str | None = None
-    document: str | None = None
-    instruction: str | None = None    # the query's task description; the default one if None
-
-
 def default_calibration_file():
     """The calibration set shipped in the package (see quantize/calibration/README.md)."""
     return resources.files("qwen3_gguf") / "quantize_data" / "calibration" / DEFAULT_CALIBRATION
 
 
-def load_calibration(paths: Sequence[str | Path] = ()) -> tuple[list[CalibrationText], list[str]]:
+def load_calibration(paths: Sequence[str | Path] = ()) -> tuple[list[TextRecord], list[str]]:
     """Calibration items from JSONL files (query/document/instruction records) or plain text
     files (each blank-line-separated paragraph a document); the shipped set when none given.
 
@@ -204,49 +195,16 @@ def load_calibration(paths: Sequence[str | Path] = ()) -> tuple[list[Calibration
     """
     if not paths:
         with resources.as_file(default_calibration_file()) as path:
-            return _read_calibration_file(path), [f"qwen3-gguf:{DEFAULT_CALIBRATION}"]
+            return read_text_records(path, "calibration file"), [f"qwen3-gguf:{DEFAULT_CALIBRATION}"]
     items = []
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"calibration file not found: {path}")
-        items.extend(_read_calibration_file(path))
+        items.extend(read_text_records(path, "calibration file"))
     return items, [str(p) for p in paths]
 
 
-def _read_calibration_file(path: Path) -> list[CalibrationText]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"calibration file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UserError(f"cannot read calibration file {path}: {exc.strerror}") from None
-    if path.suffix == ".jsonl":
-        items = [_calibration_record(path, number, line)
-                 for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    else:
-        items = [CalibrationText(document=p.strip()) for p in text.split("\n\n") if p.strip()]
-    if not items:
-        raise UserError(f"calibration file {path} holds no text")
-    return items
-
-
-def _calibration_record(path: Path, number: int, line: str) -> CalibrationText:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{path}:{number}: not a JSON object")
-    values = {key: record.get(key) for key in ("query", "document", "instruction")}
-    for key, value in values.items():
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise UserError(f"{path}:{number}: {key!r} must be a non-empty string")
-    if values["query"] is None and values["document"] is None:
-        raise UserError(f"{path}:{number}: a record needs a 'query', a 'document' or both")
-    return CalibrationText(**values)
-
-
-def embedding_sequences(embedder, items: Iterable[CalibrationText]) -> Iterator[list[int]]:
+def embedding_sequences(embedder, items: Iterable[TextRecord]) -> Iterator[list[int]]:
     """Token ids of each query (in the instruction format) and document, as Embedder encodes them."""
     for item in items:
         if item.query is not None:
@@ -255,7 +213,7 @@ def embedding_sequences(embedder, items: Iterable[CalibrationText]) -> Iterator[
             yield embedder.tokenize(item.document)[0]
 
 
-def reranker_sequences(reranker, items: Sequence[CalibrationText]) -> Iterator[list[int]]:
+def reranker_sequences(reranker, items: Sequence[TextRecord]) -> Iterator[list[int]]:
     """Rerank prompts as Reranker scores them: each query with its own document (a "yes")
     and with the next item's document (most likely a "no")."""
     pairs = [item for item in items if item.query is not None and item.document is not None]

@@ -1,0 +1,138 @@
+"""The evaluation set of `qwen3-gguf sweep`, and one model's outputs and speed on it."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .prompts import DEFAULT_INSTRUCTION, query_text
+from .text_records import TextRecord, read_text_records
+
+DEFAULT_EVAL = "eval.jsonl"
+RERANK_CANDIDATES = 5  # each query against its own document and the next pairs' documents
+
+
+def default_eval_file():
+    """The evaluation set shipped in the package (see quantize/eval/README.md)."""
+    return resources.files("qwen3_gguf") / "quantize_data" / "eval" / DEFAULT_EVAL
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Queries, documents, and which document each query was written for (if any)."""
+
+    name: str
+    queries: list[TextRecord]        # records with a query (and maybe its document)
+    documents: list[str]             # every record's document, in file order
+    answers: list[int | None]        # for each query, the index of its own document
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """(query index, document index) of the queries written for a document."""
+        return [(q, d) for q, d in enumerate(self.answers) if d is not None]
+
+    def rerank_candidates(self) -> list[list[int]]:
+        """For each query with a document: its own and the next RERANK_CANDIDATES-1 pairs'
+        documents (wrapping around), own document first."""
+        pairs = self.pairs
+        n = min(RERANK_CANDIDATES, len(pairs))
+        return [[pairs[(i + j) % len(pairs)][1] for j in range(n)] for i in range(len(pairs))]
+
+
+def load_eval_set(path: str | Path | None = None, *, limit: int | None = None) -> EvalSet:
+    """The records of `path` (the shipped set when None), the first `limit` of them if given."""
+    if limit is not None and limit < 2:
+        raise UserError(f"--limit must be at least 2, got {limit}")
+    if path is None:
+        with resources.as_file(default_eval_file()) as shipped:
+            records, name = read_text_records(shipped, "evaluation file"), f"qwen3-gguf:{DEFAULT_EVAL}"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"evaluation file not found: {path}")
+        records, name = read_text_records(path, "evaluation file"), str(path)
+    records = records[:limit]
+    queries, documents, answers = [], [], []
+    for record in records:
+        if record.document is not None:
+            documents.append(record.document)
+        if record.query is not None:
+            queries.append(record)
+            answers.append(len(documents) - 1 if record.document is not None else None)
+    if not queries or not documents:
+        raise UserError(f"the evaluation set {name} needs queries and documents "
+                        f"(it has {len(queries)} queries and {len(documents)} documents)")
+    return EvalSet(name=name, queries=queries, documents=documents, answers=answers)
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What one model file produced on the evaluation set, and how fast."""
+
+    outputs: dict[str, np.ndarray]   # embedding: "queries", "documents" (raw rows); reranker: "scores"
+    load_s: float                    # open the file and produce a first output
+    tokens: int                      # tokens the model saw for the whole set
+    seconds: float                   # time to process them
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threads: int | None) -> ModelOutputs:
+    """Run the evaluation set through `path` as the runtime does for users."""
+    from .embed import Embedder, TruncationWarning
+    from .rerank import Reranker
+
+    started = time.perf_counter()
+    runtime_class = Embedder if kind == "embedding" else Reranker
+    with runtime_class(path, device="cpu", threads=threads, max_tokens=max_tokens) as runtime, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # long documents are cut alike for every file
+        if kind == "embedding":
+            runtime.encode("a first text")
+            load_s = time.perf_counter() - started
+            started = time.perf_counter()
+            outputs = {"documents": runtime.encode(evalset.documents, normalize=False),
+                       "queries": _embed_queries(runtime, evalset.queries)}
+            seconds = time.perf_counter() - started
+            tokens = sum(len(runtime.tokenize(d)[0]) for d in evalset.documents) + sum(
+                len(runtime.tokenize(_query_prompt(q))[0]) for q in evalset.queries)
+        else:
+            runtime.score("a first query", ["a first document"])
+            load_s = time.perf_counter() - started
+            candidates = evalset.rerank_candidates()
+            if not candidates:
+                raise UserError(f"a reranker is evaluated on query/document pairs; {evalset.name} has none "
+                                "(use JSONL records with both 'query' and 'document')")
+            queries = [evalset.queries[q] for q, _ in evalset.pairs]
+            started = time.perf_counter()
+            scores = [runtime.score(q.query, [evalset.documents[d] for d in docs],
+                                    instruction=q.instruction or DEFAULT_INSTRUCTION)
+                      for q, docs in zip(queries, candidates)]
+            seconds = time.perf_counter() - started
+            outputs = {"scores": np.array(scores, dtype=np.float64)}
+            tokens = sum(len(runtime.tokenize(q.query, evalset.documents[d], q.instruction or DEFAULT_INSTRUCTION)[0])
+                         for q, docs in zip(queries, candidates) for d in docs)
+    return ModelOutputs(outputs=outputs, load_s=load_s, tokens=tokens, seconds=seconds)
+
+
+def _embed_queries(embedder, queries: list[TextRecord]) -> np.ndarray:
+    """Query vectors in order, each under its own instruction (the default one if none)."""
+    out = np.empty((len(queries), embedder.dimension), dtype=np.float32)
+    by_instruction: dict[str, list[int]] = {}
+    for i, record in enumerate(queries):
+        by_instruction.setdefault(record.instruction or DEFAULT_INSTRUCTION, []).append(i)
+    for instruction, rows in by_instruction.items():
+        out[rows] = embedder.encode([queries[i].query for i in rows], instruction=instruction, normalize=False)
+    return out
+
+
+def _query_prompt(record: TextRecord) -> str:
+    return query_text(record.query, record.instruction or DEFAULT_INSTRUCTION)
