@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +33,11 @@ class EvalSet:
     queries: list[TextRecord]        # records with a query (and maybe its document)
     documents: list[str]             # every record's document, in file order
     answers: list[int | None]        # for each query, the index of its own document
+
+    def fingerprint(self) -> str:
+        """A short hash of the texts, which names the outputs measured on them."""
+        texts = [[q.query, q.instruction] for q in self.queries] + [self.documents, self.answers]
+        return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()[:16]
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -83,6 +90,21 @@ class ModelOutputs:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    def save(self, path: Path) -> None:
+        """Store as .npz (written under a temporary name, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez(partial, load_s=self.load_s, tokens=self.tokens, seconds=self.seconds,
+                 **{f"output_{name}": values for name, values in self.outputs.items()})
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelOutputs:
+        with np.load(path) as stored:
+            return cls(outputs={key.removeprefix("output_"): stored[key] for key in stored.files
+                                if key.startswith("output_")},
+                       load_s=float(stored["load_s"]), tokens=int(stored["tokens"]), seconds=float(stored["seconds"]))
 
 
 def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threads: int | None) -> ModelOutputs:

@@ -110,6 +110,7 @@ class TextFiles:
         self.include = list(include)
         self.exclude = list(exclude)
         self.counts = counts if counts is not None else Counts()
+        self.no_text: list[str] = []  # files found but skipped as binary or empty
 
     def __iter__(self) -> Iterator[Document]:
         for path in self.paths:
@@ -165,6 +166,7 @@ class TextFiles:
                 head = f.read(SNIFF_BYTES)
                 if b"\0" in head:
                     self.counts.binary += 1
+                    self.no_text.append(path)
                     return None
                 data = head + f.read()
                 mtime = os.fstat(f.fileno()).st_mtime
@@ -176,6 +178,7 @@ class TextFiles:
     def _document(self, path: str, data: bytes, *, mtime: float) -> Document | None:
         if b"\0" in data:
             self.counts.binary += 1
+            self.no_text.append(path)
             return None
         try:
             text = data.decode("utf-8")
@@ -184,6 +187,7 @@ class TextFiles:
             self.counts.invalid_utf8 += 1
         if not text.strip():
             self.counts.empty += 1
+            self.no_text.append(path)
             return None
         self.counts.files += 1
         return Document(path, text, hashlib.sha256(data).hexdigest(), mtime, len(data))

@@ -66,7 +66,7 @@ class IndexReport:
     counts: Counts = field(default_factory=Counts)   # files read, chunks and tokens embedded, skips
     embedded: int = 0       # new or changed files embedded
     unchanged: int = 0
-    pruned: int = 0
+    pruned: int = 0         # files gone from disk (with prune=True) or now empty or binary
 
 
 class Collection:
@@ -82,6 +82,7 @@ class Collection:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise UserError(f"no collection at {self.path}; build one with: qwen3-gguf index PATH... --db {self.path}")
+        self._created = not self.path.exists()  # a new file is removed again if indexing fails
         try:
             self._db = sqlite3.connect(self.path)
             self.metadata = self._open_schema()
@@ -148,14 +149,19 @@ class Collection:
             report.embedded += len(batch.documents)
             if on_batch is not None:
                 on_batch(batch, report)
+        report.pruned = self._forget([os.path.abspath(p) for p in files.no_text])
         if prune:
-            report.pruned = self.prune()
+            report.pruned += self.prune()
         return report
 
     def prune(self) -> int:
         """Forget documents whose files no longer exist; returns how many."""
-        gone = [(doc_id,) for doc_id, path in self._db.execute("SELECT id, path FROM documents")
-                if not os.path.isfile(path)]
+        return self._forget([path for (path,) in self._db.execute("SELECT path FROM documents")
+                             if not os.path.isfile(path)])
+
+    def _forget(self, paths: Sequence[str]) -> int:
+        """Delete the documents stored under `paths` and their chunks; returns how many there were."""
+        gone = [row for path in paths for row in self._db.execute("SELECT id FROM documents WHERE path = ?", (path,))]
         with self._db:
             self._db.executemany("DELETE FROM chunks WHERE document_id = ?", gone)
             self._db.executemany("DELETE FROM documents WHERE id = ?", gone)
@@ -281,8 +287,11 @@ class Collection:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, traceback):
+        failed_empty = exc_type is not None and self._created and self.document_count == 0
         self.close()
+        if failed_empty:
+            self.path.unlink(missing_ok=True)
 
 
 def _describe(identity: dict[str, str]) -> str:

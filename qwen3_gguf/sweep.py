@@ -6,8 +6,8 @@
         ─ measure ──────▶ every file on the evaluation set, against the reference's outputs
         ─ report ───────▶ DIR/report.md, DIR/report.json, DIR/pareto.png
 
-Files already in DIR are used as they are, so a re-run resumes (and builds nothing when all is
-there). DIR/sweep.json records what the files were built from; a re-run with another source,
+Files already in DIR are used as they are, and so are the outputs measured on them
+(DIR/outputs/), so a re-run resumes (and builds and runs nothing when all is there). DIR/sweep.json records what the files were built from; a re-run with another source,
 reference or imatrix is refused rather than mixing files of two sweeps. A (type, recipe) whose
 plan puts every tensor at the same type as an earlier one is not built again: its row names the
 file it shares.
@@ -32,6 +32,7 @@ DEFAULT_MAX_TOKENS = 512   # evaluation documents are cut here, alike for every 
 REDUCED_DIM = 256          # the Matryoshka dimension measured besides the full one
 MANIFEST = "sweep.json"
 IMATRIX_FILE = "imatrix.gguf"
+OUTPUTS_FOLDER = "outputs"      # what each file produced on the evaluation set, kept for re-runs
 UNQUANTIZED_FILE_TYPES = ("F32", "F16", "BF16")
 
 
@@ -113,7 +114,7 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
         rows.append(_build(reference.path, out_dir, type_name, recipe, matrix, rows, settings.threads,
                            lambda line: say(f"[{n}/{len(combinations)}] {line}")))
         step()
-    _measure(rows, model.kind, evalset, settings, reduced_dim, say, step)
+    _measure(rows, model.kind, evalset, settings, reduced_dim, out_dir, say, step)
     return SweepResult(kind=model.kind, model_name=model.name, eval_name=evalset.name,
                        n_queries=len(evalset.pairs) if model.kind == "reranker" else len(evalset.queries),
                        n_documents=len(evalset.documents),
@@ -140,17 +141,26 @@ def _check_settings(settings: SweepSettings) -> list[str]:
 
 
 def _measure(rows: list[SweepFile], kind: str, evalset, settings: SweepSettings, reduced_dim: int | None,
-             say, step) -> None:
+             out_dir: Path, say, step) -> None:
     """Run the evaluation set through every distinct file and compare each with the reference
     (the first row); fills in each row's `measured`."""
-    from .evaluation import run_model
+    from .evaluation import ModelOutputs, run_model
 
     outputs = {}
     distinct = [row for row in rows if row.same_as is None]
     for n, row in enumerate(distinct, 1):
-        say(f"[{n}/{len(distinct)}] measure {row.label}: {row.path.name}")
-        outputs[row.label] = run_model(row.path, kind, evalset, max_tokens=settings.max_tokens,
-                                       threads=settings.threads)
+        # Outputs are kept, named by the file (and its size and time) and the evaluation texts.
+        stat = row.path.stat()
+        key = f"{evalset.fingerprint()}-{settings.max_tokens}-{stat.st_size}-{stat.st_mtime_ns}"
+        stored = out_dir / OUTPUTS_FOLDER / f"{row.path.stem}-{key}.npz"
+        if stored.exists():
+            say(f"[{n}/{len(distinct)}] {row.label}: measured before")
+            outputs[row.label] = ModelOutputs.load(stored)
+        else:
+            say(f"[{n}/{len(distinct)}] measure {row.label}: {row.path.name}")
+            outputs[row.label] = run_model(row.path, kind, evalset, max_tokens=settings.max_tokens,
+                                           threads=settings.threads)
+            outputs[row.label].save(stored)
         step()
     for _ in range(len(rows) - len(distinct)):
         step()

@@ -72,10 +72,12 @@ def _as_json(result: SweepResult, front: set[str]) -> dict:
 
 def markdown(result: SweepResult, front: set[str]) -> str:
     embedding = result.kind == "embedding"
+    reference = next(r for r in result.rows if r.recipe is None)
     lines = [
         f"# Quantization sweep: {result.model_name}",
         "",
-        f"{result.kind.capitalize()} model; evaluation set {result.eval_name}: {result.n_queries} queries, "
+        f"{result.kind.capitalize()} model, reference {reference.path.name} ({reference.type_name}); "
+        f"evaluation set {result.eval_name}: {result.n_queries} queries, "
         f"{result.n_documents} documents; imatrix {result.imatrix}. Every measure compares a file's outputs "
         "with the reference file's on the same inputs. " + (
             f"Cosines: every query and document vector. recall@10, nDCG@10 (graded by the reference's "

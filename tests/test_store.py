@@ -92,6 +92,25 @@ def test_reindex_embeds_only_the_changed_file_and_prunes(corpus, tmp_path, embed
     assert all(after[p] == before[p] for p in after if p != str(changed))
 
 
+def test_a_file_that_turns_empty_or_binary_is_forgotten(corpus, tmp_path, embedder_64):
+    db = tmp_path / "v.db"
+    with Collection(db, embedder=embedder_64) as collection:
+        collection.index([str(corpus)])
+    (corpus / "topic0.txt").write_text("  \n")
+    (corpus / "topic2.txt").write_bytes(b"now\0binary")
+    with Collection(db, embedder=embedder_64) as collection:
+        report = collection.index([str(corpus)])
+        assert (report.embedded, report.pruned, collection.document_count) == (0, 2, 6)
+    kept = {str(p) for p in corpus.rglob("topic*.txt")} - {str(corpus / "topic0.txt"), str(corpus / "topic2.txt")}
+    assert {row[0] for row in stored(db)} == kept
+
+
+def test_a_failed_first_index_leaves_no_database(corpus, tmp_path):
+    result = run("index", corpus, "--db", tmp_path / "new.db", "-m", tmp_path / "missing.gguf")
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "new.db").exists()
+
+
 def test_an_interrupted_index_resumes_without_loss_or_duplicates(corpus, tmp_path, embedder_64, monkeypatch):
     monkeypatch.setattr("qwen3_gguf.files.BATCH_CHUNKS", 3)
     with Collection(tmp_path / "whole.db", embedder=embedder_64) as collection:

@@ -166,7 +166,7 @@ def test_the_plot_is_an_image(sweep_dir):
     assert "pareto.png skipped" not in result.stderr
 
 
-def test_a_rerun_builds_nothing(sweep_dir, embedding_gguf_256, calibration_file):
+def test_a_rerun_builds_and_runs_nothing(sweep_dir, report, embedding_gguf_256, calibration_file):
     out, _ = sweep_dir
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")}
     result = run("sweep", embedding_gguf_256, "-o", out, "--types", ",".join(TYPES), "--recipes", ",".join(RECIPES),
@@ -174,6 +174,9 @@ def test_a_rerun_builds_nothing(sweep_dir, embedding_gguf_256, calibration_file)
     assert result.exit_code == 0, result.output
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")} == before
     assert "build " not in result.stderr and "already there" in result.stderr
+    assert "measure " not in result.stderr and result.stderr.count("measured before") == 6  # 5 quants, the reference
+    again = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [r["fidelity"] for r in again["rows"]] == [r["fidelity"] for r in report["rows"]]
 
 
 def test_without_matplotlib_the_plot_is_skipped_with_a_reason(sweep_dir, embedding_gguf_256, calibration_file,
