@@ -143,7 +143,7 @@ def _plot(result: SweepResult, front: set[str], path: Path) -> Path:
                      marker=MARKERS[i % len(MARKERS)], s=50, label=recipe, zorder=3)
         for r in mine:
             axes.annotate(r.type_name, (r.measured["size_bytes"] / MIB, distance(r)), fontsize=7,
-                          xytext=(4, 3), textcoords="offset points")
+                          xytext=(4, 3 - 11 * i), textcoords="offset points")  # recipes' labels apart
     on_front = sorted((r for r in rows if r.label in front), key=lambda r: r.measured["size_bytes"])
     if on_front:
         axes.step([r.measured["size_bytes"] / MIB for r in on_front], [distance(r) for r in on_front],

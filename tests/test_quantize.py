@@ -419,7 +419,9 @@ def test_ctrl_c_leaves_nothing(embedding_gguf_256, tmp_path):
     process = subprocess.Popen([command, "quantize", str(embedding_gguf_256), "q6_k", "-o", str(tmp_path / "o.gguf")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+    # llama.cpp opens the output before quantizing the first tensor (and on a fast machine the
+    # whole file is written within the last few milliseconds, so waiting for data is a race).
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
