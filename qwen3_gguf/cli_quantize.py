@@ -87,12 +87,12 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Folder for the quantized files and the report (re-running resumes in it).")
-@click.option("--types", metavar="LIST", help="Comma-separated quantization types "
-              "[default: Q2_K,Q3_K_M,Q4_K_M,Q5_K_M,Q6_K,Q8_0,IQ3_M,IQ4_XS,bf16_q8_0].")
+@click.option("--types", metavar="LIST", help="Comma-separated quantization types [default: Q2_K, Q3_K_M, "
+              "Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ3_M, IQ4_XS, bf16_q8_0].")
 @click.option("--recipes", metavar="LIST", help="Comma-separated recipes (names or TOML files), each applied "
-              "to every type [default: llama-default,bump-edges].")
+              "to every type [default: llama-default, bump-edges].")
 @click.option("--imatrix", "imatrix_file", type=click.Path(path_type=Path),
               help="Use this importance matrix instead of collecting one.")
 @click.option("--calibration", multiple=True, type=click.Path(path_type=Path),

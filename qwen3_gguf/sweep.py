@@ -7,7 +7,8 @@
         ─ report ───────▶ DIR/report.md, DIR/report.json, DIR/pareto.png
 
 Files already in DIR are used as they are, and so are the outputs measured on them
-(DIR/outputs/), so a re-run resumes (and builds and runs nothing when all is there). DIR/sweep.json records what the files were built from; a re-run with another source,
+(DIR/outputs/), so a re-run resumes (and builds and runs nothing when all is there).
+DIR/sweep.json records what the files were built from; a re-run with another source,
 reference or imatrix is refused rather than mixing files of two sweeps. A (type, recipe) whose
 plan puts every tensor at the same type as an earlier one is not built again: its row names the
 file it shares.
