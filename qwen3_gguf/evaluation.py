@@ -117,32 +117,43 @@ def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threa
     with runtime_class(path, device="cpu", threads=threads, max_tokens=max_tokens) as runtime, \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)  # long documents are cut alike for every file
-        if kind == "embedding":
-            runtime.encode("a first text")
-            load_s = time.perf_counter() - started
-            started = time.perf_counter()
-            outputs = {"documents": runtime.encode(evalset.documents, normalize=False),
-                       "queries": _embed_queries(runtime, evalset.queries)}
-            seconds = time.perf_counter() - started
-            tokens = sum(len(runtime.tokenize(d)[0]) for d in evalset.documents) + sum(
-                len(runtime.tokenize(_query_prompt(q))[0]) for q in evalset.queries)
-        else:
-            runtime.score("a first query", ["a first document"])
-            load_s = time.perf_counter() - started
-            candidates = evalset.rerank_candidates()
-            if not candidates:
-                raise UserError(f"a reranker is evaluated on query/document pairs; {evalset.name} has none "
-                                "(use JSONL records with both 'query' and 'document')")
-            queries = [evalset.queries[q] for q, _ in evalset.pairs]
-            started = time.perf_counter()
-            scores = [runtime.score(q.query, [evalset.documents[d] for d in docs],
-                                    instruction=q.instruction or DEFAULT_INSTRUCTION)
-                      for q, docs in zip(queries, candidates)]
-            seconds = time.perf_counter() - started
-            outputs = {"scores": np.array(scores, dtype=np.float64)}
-            tokens = sum(len(runtime.tokenize(q.query, evalset.documents[d], q.instruction or DEFAULT_INSTRUCTION)[0])
-                         for q, docs in zip(queries, candidates) for d in docs)
+        run = _run_embedder if kind == "embedding" else _run_reranker
+        return run(runtime, evalset, started)
+
+
+def check_rerank_pairs(evalset: EvalSet) -> None:
+    """A reranker is measured on query/document pairs; refuse a set without any."""
+    if not evalset.pairs:
+        raise UserError(f"a reranker is evaluated on query/document pairs; {evalset.name} has none "
+                        "(use JSONL records with both 'query' and 'document')")
+
+
+def _run_embedder(embedder, evalset: EvalSet, started: float) -> ModelOutputs:
+    embedder.encode("a first text")
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    outputs = {"documents": embedder.encode(evalset.documents, normalize=False),
+               "queries": _embed_queries(embedder, evalset.queries)}
+    seconds = time.perf_counter() - started
+    tokens = sum(len(embedder.tokenize(d)[0]) for d in evalset.documents) + sum(
+        len(embedder.tokenize(query_text(q.query, q.instruction or DEFAULT_INSTRUCTION))[0]) for q in evalset.queries)
     return ModelOutputs(outputs=outputs, load_s=load_s, tokens=tokens, seconds=seconds)
+
+
+def _run_reranker(reranker, evalset: EvalSet, started: float) -> ModelOutputs:
+    """P(yes) of each query with its rerank candidates (its own document first)."""
+    check_rerank_pairs(evalset)
+    reranker.score("a first query", ["a first document"])
+    load_s = time.perf_counter() - started
+    work = [(evalset.queries[q], [evalset.documents[d] for d in docs])
+            for (q, _), docs in zip(evalset.pairs, evalset.rerank_candidates())]
+    started = time.perf_counter()
+    scores = [reranker.score(q.query, docs, instruction=q.instruction or DEFAULT_INSTRUCTION) for q, docs in work]
+    seconds = time.perf_counter() - started
+    tokens = sum(len(reranker.tokenize(q.query, doc, q.instruction or DEFAULT_INSTRUCTION)[0])
+                 for q, docs in work for doc in docs)
+    return ModelOutputs(outputs={"scores": np.array(scores, dtype=np.float64)}, load_s=load_s, tokens=tokens,
+                        seconds=seconds)
 
 
 def _embed_queries(embedder, queries: list[TextRecord]) -> np.ndarray:
@@ -154,7 +165,3 @@ def _embed_queries(embedder, queries: list[TextRecord]) -> np.ndarray:
     for instruction, rows in by_instruction.items():
         out[rows] = embedder.encode([queries[i].query for i in rows], instruction=instruction, normalize=False)
     return out
-
-
-def _query_prompt(record: TextRecord) -> str:
-    return query_text(record.query, record.instruction or DEFAULT_INSTRUCTION)

@@ -87,7 +87,7 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
               verbose: bool = False) -> SweepResult:
     """Build and measure every file of the sweep. `say` gets one line per step (what is being
     built or measured); `step` is called as each of `count_steps(settings)` steps ends."""
-    from .evaluation import load_eval_set
+    from .evaluation import check_rerank_pairs, load_eval_set
 
     src, out_dir = Path(src), Path(out_dir)
     recipes = _check_settings(settings)
@@ -104,6 +104,8 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
         reference = _converted_reference(src, out_dir, settings.reference or "f32", say)
     step()
     model = read_model_file(reference.path)
+    if model.kind == "reranker":
+        check_rerank_pairs(evalset)
     reduced_dim = _reduced_dim(model, settings.reduced_dim) if model.kind == "embedding" else None
     matrix, imatrix_note = _importance_matrix(reference.path, out_dir, settings, say, verbose)
     step()

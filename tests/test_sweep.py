@@ -206,6 +206,14 @@ def test_reranker_sweep(tmp_path, reranker_tied_gguf, calibration_file):
     assert "top-1 agree" in (tmp_path / "rerank" / "report.md").read_text(encoding="utf-8")
 
 
+def test_a_reranker_needs_pairs(reranker_tied_gguf, tmp_path):
+    (tmp_path / "unpaired.jsonl").write_text('{"query": "a query"}\n{"document": "a document"}\n', encoding="utf-8")
+    result = run("sweep", reranker_tied_gguf, "-o", tmp_path / "s", "--types", "Q8_0", "--eval", tmp_path / "unpaired.jsonl")
+    assert result.exit_code == 2
+    assert "a reranker is evaluated on query/document pairs" in result.stderr
+    assert not list((tmp_path / "s").iterdir())  # refused before the imatrix and any quant
+
+
 # --- bad input: one line, exit code 2, nothing built -----------------------------------------------
 
 
