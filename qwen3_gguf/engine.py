@@ -234,9 +234,12 @@ class PooledContext:
 
     Pooling here, not in llama.cpp: an embedding context makes every token an output, and the
     Qwen3 graph then runs the lm_head (151,669 × n_embd) on every token before pooling — about
-    a third of the model's arithmetic, thrown away. A `_FinalHiddenStates` eval callback copies
-    the pooled rows of the final hidden states and stops the graph there (measured on the 0.6B
-    shape, CPU: 1.4× tokens/s). The rerank head is then applied here: softmax(head · h), as
+    a third of the model's arithmetic, thrown away — and copies those logits out (606 KiB per
+    token: 296 MiB of memory for a 512-token decode). So the context is not an embedding
+    context and only the pooled rows are outputs; a `_FinalHiddenStates` eval callback copies
+    those rows of the final hidden states and stops the graph there, before the lm_head
+    (measured on the 0.6B shape, CPU: 1.4× tokens/s, and peak RSS 1,285 → 990 MiB for a
+    2,048-token input at Q8_0). The rerank head is then applied here: softmax(head · h), as
     llama.cpp does for Qwen3. With another eval callback (the imatrix observer) llama.cpp pools.
     """
 
@@ -248,8 +251,6 @@ class PooledContext:
         params.n_seq_max = settings.n_seq_max + 1  # sequence 0 holds a shared prefix
         params.n_threads = settings.threads
         params.n_threads_batch = settings.threads
-        params.embeddings = True
-        params.pooling_type = settings.pooling
         params.kv_unified = True
         params.flash_attn_type = (
             llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -259,6 +260,10 @@ class PooledContext:
         if eval_callback is None and (settings.pooling == POOLING_LAST or self._head is not None):
             self._tap = _FinalHiddenStates(model.n_embd)
             eval_callback = self._tap.callback
+        # Where llama.cpp pools, it needs an embedding context (every token an output). Where the
+        # tap pools, only the pooled rows are outputs: see _FinalHiddenStates.
+        params.embeddings = self._tap is None
+        params.pooling_type = settings.pooling
         if eval_callback is not None:  # sees every graph node: MatMulInputObserver, _FinalHiddenStates
             params.cb_eval = eval_callback
         self._eval_callback = eval_callback  # ctypes callbacks must outlive the context
@@ -384,8 +389,10 @@ class PooledContext:
             batch.seq_ids[n:end] = seq
             n = end
         batch.struct.n_tokens = n
-        if self._tap is not None:
-            self._tap.expect(n, keep_rows)
+        if self._tap is not None:  # the kept rows are the only outputs, in batch order
+            batch.outputs[:n] = 0
+            batch.outputs[keep_rows] = 1
+            self._tap.expect(len(keep_rows))
         status = llama.llama_decode(self._ctx, batch.struct)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
@@ -409,15 +416,15 @@ class _FinalHiddenStates:
         self._ggml = _ggml()
         self.n_embd = n_embd
         self.rows = np.empty((0, n_embd), dtype=np.float32)
-        self._wanted: list[int] = []
-        self._n_tokens = 0
+        self._n_outputs = 0
         self._seen = False
         self._pending: BaseException | None = None
         self.callback = llama.ggml_backend_sched_eval_callback(self._observe)
 
-    def expect(self, n_tokens: int, rows: list[int]) -> None:
-        self._n_tokens, self._wanted, self._seen = n_tokens, rows, False
-        self.rows = np.empty((len(rows), self.n_embd), dtype=np.float32)
+    def expect(self, n_outputs: int) -> None:
+        """The next decode has `n_outputs` output rows; the final hidden states hold just those."""
+        self._n_outputs, self._seen = n_outputs, False
+        self.rows = np.empty((n_outputs, self.n_embd), dtype=np.float32)
 
     def _observe(self, node_address, ask, user_data) -> bool:  # noqa: ARG002 - ctypes signature
         try:
@@ -426,11 +433,11 @@ class _FinalHiddenStates:
                 return False if ask else True
             if ask:
                 return True
-            if list(node.ne[:2]) != [self.n_embd, self._n_tokens] or node.type != GGML_TYPE_F32:
+            if list(node.ne[:2]) != [self.n_embd, self._n_outputs] or node.type != GGML_TYPE_F32:
                 raise RuntimeError(f"unexpected {FINAL_HIDDEN.decode()} tensor {list(node.ne)} type {node.type}")
             tensor_p = ctypes.cast(ctypes.c_void_p(node_address), ctypes.POINTER(GGMLTensor))
-            for i, row in enumerate(self._wanted):
-                self._ggml.ggml_backend_tensor_get(tensor_p, self.rows[i].ctypes.data, row * node.nb[1], 4 * self.n_embd)
+            for i in range(self._n_outputs):
+                self._ggml.ggml_backend_tensor_get(tensor_p, self.rows[i].ctypes.data, i * node.nb[1], 4 * self.n_embd)
             self._seen = True
         except BaseException as exc:  # noqa: BLE001 - re-raised by check()
             self._pending = self._pending or exc
