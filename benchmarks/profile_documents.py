@@ -4,7 +4,7 @@ grows, next to transformers fp32 on the same tokens.
     python benchmarks/profile_documents.py     # after benchmarks/run.py has built its models
 
 One 2,048-token input is decoded in four 512-token pieces (as the Embedder does); each piece's
-tokens/s is printed by the depth of the cache it attends to, for Q8_0 and Q4_K_M. The matrix
+tokens/s is printed by the depth of the cache it attends to, for F16, Q8_0 and Q4_K_M. The matrix
 work of every piece is the same, so the fall with depth is attention's cost.
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     threads = 2
     rng = np.random.default_rng(0)
     tokens = [int(t) for t in rng.integers(100, 150000, DEPTHS[-1] + PIECE - 1)] + [EOS]
-    for quant in ("q8_0", "q4_k_m"):
+    for quant in ("f16", "q8_0", "q4_k_m"):
         speeds = llama_pieces(CACHE / f"embedding-0.6b-shaped-{quant}.gguf", tokens, threads)
         print(f"llama.cpp {quant.upper()}, 512-token piece after N cached cells: "
               + ", ".join(f"N={depth} {speed:.1f} tok/s" for depth, speed in speeds.items()))

@@ -232,7 +232,7 @@ def _SILENT_LOG():  # noqa: N802 - a ctypes callback must outlive every later ll
 def raw_loop(spec: dict):
     """The floor: llama_decode over the same token sequences, contexts and pieces as the
     Embedder, written against llama-cpp-python's low-level API with nothing else around it.
-    Returns (call, close)."""
+    Returns (embed, close): embed(token lists) → unit vectors, one input per decode."""
     import llama_cpp as llama
     import numpy as np
 
@@ -245,10 +245,9 @@ def raw_loop(spec: dict):
     params.n_gpu_layers = 0
     model = llama.llama_model_load_from_file(spec["model"].encode(), params)
     n_embd = llama.llama_model_n_embd(model)
-    sequences = sorted(spec["sequences"], key=len)
     skip_lm_head = spec["skip_lm_head"]
     hidden = np.empty(n_embd, dtype=np.float32)
-    state = {"output": False}
+    state = {"output": False, "n_ctx": 0, "ctx": None}
 
     @llama.ggml_backend_sched_eval_callback
     def stop_after_hidden(node_address, ask, user_data):  # the engine's lm_head skip, minimal
@@ -261,16 +260,13 @@ def raw_loop(spec: dict):
             ctypes.memmove(hidden.ctypes.data, node.data, 4 * n_embd)
         return False
 
-    contexts = {}
-
-    def context_for(n_tokens):
+    def context_for(n_tokens):  # as the engine: one context, replaced only by a larger one
         n_ctx = SMALLEST_CONTEXT
         while n_ctx < max(n_tokens, MIN_PIECE_TOKENS):
             n_ctx *= 2
-        if n_ctx not in contexts:
-            for ctx in contexts.values():
-                llama.llama_free(ctx)
-            contexts.clear()
+        if n_ctx > state["n_ctx"]:
+            if state["ctx"] is not None:
+                llama.llama_free(state["ctx"])
             p = llama.llama_context_default_params()
             p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, MIN_PIECE_TOKENS, MIN_PIECE_TOKENS, 2
             p.n_threads = p.n_threads_batch = spec["threads"]
@@ -279,16 +275,16 @@ def raw_loop(spec: dict):
             p.embeddings = not skip_lm_head  # as the engine: outputs only where it pools
             if skip_lm_head:
                 p.cb_eval = stop_after_hidden
-            contexts[n_ctx] = llama.llama_init_from_model(model, p)
-        return contexts[n_ctx]
+            state["ctx"], state["n_ctx"] = llama.llama_init_from_model(model, p), n_ctx
+        return state["ctx"]
 
     batch = llama.llama_batch_init(MIN_PIECE_TOKENS, 0, 2)
 
-    def embed_all(items):
+    def embed(items):
         out = []
         for tokens in items:
             ctx = context_for(len(tokens))
-            llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+            llama.llama_memory_clear(llama.llama_get_memory(ctx), False)
             for start, end in split_pieces(len(tokens), MIN_PIECE_TOKENS, FA_TILE_ROWS):
                 batch.n_tokens = end - start
                 for i, token in enumerate(tokens[start:end]):
@@ -305,40 +301,51 @@ def raw_loop(spec: dict):
             out.append(vector / np.linalg.norm(vector))
         return out
 
-    def call(warmup=False):
-        embed_all([sequences[0][:8]] if warmup else sequences)
-
     def close():
-        for ctx in contexts.values():
-            llama.llama_free(ctx)
+        if state["ctx"] is not None:
+            llama.llama_free(state["ctx"])
         llama.llama_batch_free(batch)
         llama.llama_model_free(model)
 
-    return call, close
+    return embed, close
 
 
 def child_raw(spec: dict) -> dict:
-    call, close = raw_loop(spec)
+    embed, close = raw_loop(spec)
+    sequences = sorted(spec["sequences"], key=len)
+
+    def call(warmup=False):
+        embed([sequences[0][:8]] if warmup else sequences)
+
     seconds = timed_runs(call, spec["runs"])
     close()
     return {"seconds": seconds}
 
 
 def child_wrapper(spec: dict) -> dict:
-    """Embedder.encode and the raw loop on the same documents, in one process, runs alternating:
-    the ratio is not at the mercy of what else the machine did between two processes."""
+    """Embedder.encode and the raw loop on the same documents in one process, alternating
+    document by document, so that the machine's drift falls on both alike. The two must give
+    the same vectors."""
+    import numpy as np
+
     from qwen3_gguf import Embedder
 
     embedder = Embedder(spec["model"], threads=spec["threads"])
-    raw_call, raw_close = raw_loop({**spec, "skip_lm_head": True})
-    embedder.encode("warm up")
-    raw_call(warmup=True)
-    ours, raw = [], []
-    for _ in range(spec["runs"]):
-        for call, seconds in ((lambda: embedder.encode(spec["texts"]), ours), (raw_call, raw)):
+    raw_embed, raw_close = raw_loop({**spec, "skip_lm_head": True})
+    pairs = sorted(zip(spec["texts"], spec["sequences"]), key=lambda pair: len(pair[1]))
+    embedder.encode([text for text, _ in pairs])  # warm up; both end with the largest context
+    raw_embed([tokens for _, tokens in pairs])
+    ours, raw = [0.0] * spec["runs"], [0.0] * spec["runs"]
+    for run in range(spec["runs"]):
+        for text, tokens in pairs:
             start = time.perf_counter()
-            call()
-            seconds.append(time.perf_counter() - start)
+            ours_vector = embedder.encode([text])[0]
+            middle = time.perf_counter()
+            raw_vector = raw_embed([tokens])[0]
+            ours[run] += middle - start
+            raw[run] += time.perf_counter() - middle
+            if float(np.dot(ours_vector, raw_vector)) < 0.99999:
+                raise RuntimeError("the raw loop's vector differs from Embedder.encode's: not the same work")
     raw_close()
     embedder.close()
     return {"ours_seconds": ours, "raw_seconds": raw}
@@ -585,7 +592,7 @@ def section_curve(ctx: dict) -> dict:
 
 def section_wrapper(ctx: dict) -> dict:
     """The wrapper's overhead: Embedder.encode against the raw loop doing the same work, measured
-    in one process with their runs alternating."""
+    in one process, alternating document by document."""
     inputs, paths = ctx["inputs"], ctx["paths"]
     texts, n_tokens = inputs["documents"], sum(inputs["document_tokens"])
     result = run_child({**ctx["base"], "child": "wrapper", "label": "Embedder.encode and the raw loop, alternating",
@@ -681,7 +688,10 @@ def markdown(results: dict) -> str:
         f"{meta['machine']}; {meta['threads']} threads; median of {meta['runs']} run(s)"
         f"{' (--quick)' if meta['quick'] else ''}; {meta['date']}. Model: random weights, exact "
         "Qwen3-Embedding-0.6B shape; Q4_K_M by " + meta["q4_k_m_by"] + ". Produced by "
-        f"`python benchmarks/run.py{' ' + meta['argv'] if meta['argv'] else ''}`.",
+        f"`python benchmarks/run.py{' ' + meta['argv'] if meta['argv'] else ''}`"
+        + (", keeping the other sections of earlier runs with the same settings" if "--only" in meta["argv"] else "")
+        + ". Measured: " + ", ".join(f"{name} {results[name].get('measured', '?')}" for name in SECTIONS
+                                     if name in results) + ".",
         "",
     ]
 
@@ -716,7 +726,7 @@ def markdown(results: dict) -> str:
         lines += ["## Wrapper overhead (documents, Q8_0)", "",
                   f"Embedder.encode {w['ours_tokens_per_s']:.1f} tokens/s; a raw llama_decode loop over the same "
                   f"batches, outputs and lm_head skip {w['raw_same_work_tokens_per_s']:.1f} "
-                  f"(ratio {w['ratio_same_work']:.3f}); one process, their runs alternating.", ""]
+                  f"(ratio {w['ratio_same_work']:.3f}); one process, alternating document by document, same vectors.", ""]
     if "curve" in results:
         rows = results["curve"]["rows"]
         lengths = sorted({r["length"] for r in rows})

@@ -296,7 +296,7 @@ class PooledContext:
         if keep < len(tokens) and len(tokens) > FA_SHORT_SPAN:  # see FA_TILE_ROWS
             keep = max(0, min(keep, len(tokens) - self._min_rows))
         if keep == 0:
-            llama.llama_memory_clear(self._memory, True)
+            self._forget_all_cells()
         else:
             llama.llama_memory_seq_rm(self._memory, PREFIX_SEQ, keep, -1)
         self.prefix = tokens[:keep]
@@ -329,7 +329,7 @@ class PooledContext:
             raise ValueError("several sequences must fit in one decode")
         seq_ids = range(PREFIX_SEQ + 1, PREFIX_SEQ + 1 + len(sequences))
         if not n_prefix:
-            llama.llama_memory_clear(self._memory, True)
+            self._forget_all_cells()
         try:
             for seq in seq_ids:
                 if start_pos:  # the prefix cells before start_pos, shared
@@ -350,6 +350,12 @@ class PooledContext:
                 for seq in seq_ids:
                     llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
         return out
+
+    def _forget_all_cells(self) -> None:
+        """Mark every KV cell free. Their bytes stay: a free cell is masked out like another
+        sequence's cell in a pack, and zeroing the whole cache before every input cost 7 ms at
+        2,048 cells and 25 ms at 8,192 (0.6B shape), 2–6% of a 30-token input's 0.4 s."""
+        llama.llama_memory_clear(self._memory, False)
 
     def recomputed_prefix_tokens(self, n_prefix: int, lengths: Sequence[int]) -> int:
         """How many of the held prefix's last tokens each input decodes again, so that a first

@@ -166,3 +166,31 @@ def test_pooling_here_matches_llama_cpp(kind, embedding_gguf_64, reranker_tied_g
     ours.close()
     theirs.close()
     model.close()
+
+
+def test_only_pooled_rows_are_outputs(embedding_gguf_64):
+    """No logits are kept for rows nobody pools: a long input's earlier pieces have no outputs,
+    its last piece one, a pack one per sequence — and the vectors still equal llama.cpp's pooling."""
+    model = engine.LlamaModel(embedding_gguf_64)
+    rng = np.random.default_rng(2)
+    long_input = list(rng.integers(100, 1000, 300))
+    pack = [list(rng.integers(100, 1000, n)) for n in (5, 9, 20)]
+    settings = engine.ContextSettings(pooling=POOLING_LAST, n_ctx=512, n_batch=128, n_seq_max=4, threads=1)
+    ours = engine.PooledContext(model, settings)
+    theirs = engine.PooledContext(model, settings, eval_callback=_watch_nothing)
+    outputs_per_decode = []
+    decode = ours._decode
+
+    def counting_decode(pieces, *, keep_rows):
+        decode(pieces, keep_rows=keep_rows)
+        n_tokens = sum(len(tokens) for _, tokens, _ in pieces)
+        outputs_per_decode.append(int(ours._batch.outputs[:n_tokens].sum()))
+
+    ours._decode = counting_decode
+    np.testing.assert_allclose(ours.pooled([long_input]), theirs.pooled([long_input]), rtol=0, atol=1e-6)
+    assert outputs_per_decode == [0, 0, 1]  # pieces of 128, 108 and 64 tokens
+    np.testing.assert_allclose(ours.pooled(pack), theirs.pooled(pack), rtol=0, atol=1e-6)
+    assert outputs_per_decode[-1] == 3
+    for context in (ours, theirs):
+        context.close()
+    model.close()
