@@ -238,7 +238,7 @@ class PooledContext:
     token: 296 MiB of memory for a 512-token decode). So the context is not an embedding
     context and only the pooled rows are outputs; a `_FinalHiddenStates` eval callback copies
     those rows of the final hidden states and stops the graph there, before the lm_head
-    (measured on the 0.6B shape, CPU: 1.4× tokens/s, and peak RSS 1,285 → 990 MiB for a
+    (measured on the 0.6B shape, CPU: 1.4× tokens/s, and process RSS 1,285 → 981 MB after a
     2,048-token input at Q8_0). The rerank head is then applied here: softmax(head · h), as
     llama.cpp does for Qwen3. With another eval callback (the imatrix observer) llama.cpp pools.
     """
