@@ -29,12 +29,12 @@ def llama_pieces(path: Path, tokens: list[int], threads: int) -> dict[int, float
     """Best-of-2 tokens/s of each 512-token piece of `tokens`, by the cells already cached."""
     import llama_cpp as llama
 
-    from qwen3_gguf import engine
+    from qwen3_gguf import runtime
 
-    engine.init_backend()
-    model = engine.LlamaModel(path)
-    context = engine.PooledContext(model, engine.ContextSettings(
-        pooling=engine.POOLING_LAST, n_ctx=len(tokens), n_batch=PIECE, n_seq_max=1, threads=threads))
+    runtime.init_backend()
+    model = runtime.LlamaModel(path)
+    context = runtime.PooledContext(model, runtime.ContextSettings(
+        pooling=runtime.POOLING_LAST, n_ctx=len(tokens), n_batch=PIECE, n_seq_max=1, threads=threads))
     best = {depth: float("inf") for depth in DEPTHS}
     for _ in range(2):
         llama.llama_memory_clear(context._memory, True)

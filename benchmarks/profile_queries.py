@@ -32,11 +32,11 @@ def ms_per_row(path: Path) -> dict[int, float]:
     """Best-of-3 milliseconds per row of one decode of N rows into an empty cache."""
     import llama_cpp as llama
 
-    from qwen3_gguf import engine
+    from qwen3_gguf import runtime
 
-    model = engine.LlamaModel(path)
-    context = engine.PooledContext(model, engine.ContextSettings(
-        pooling=engine.POOLING_LAST, n_ctx=max(ROWS), n_batch=max(ROWS), n_seq_max=1, threads=THREADS))
+    model = runtime.LlamaModel(path)
+    context = runtime.PooledContext(model, runtime.ContextSettings(
+        pooling=runtime.POOLING_LAST, n_ctx=max(ROWS), n_batch=max(ROWS), n_seq_max=1, threads=THREADS))
     tokens = [int(t) for t in np.random.default_rng(0).integers(100, 150000, max(ROWS))]
     out = {}
     for n in ROWS:
@@ -54,10 +54,10 @@ def ms_per_row(path: Path) -> dict[int, float]:
 
 def queries_run(path: Path, queries: list[str]) -> tuple[int, float]:
     """(rows decoded, median seconds of 3) for Embedder.encode(queries, prompt_name='query')."""
-    from qwen3_gguf import Embedder, engine
+    from qwen3_gguf import Embedder, runtime
 
     rows = []
-    decode = engine.PooledContext._decode
+    decode = runtime.PooledContext._decode
 
     def counting_decode(self, pieces, *, keep_rows):
         rows.append(sum(len(tokens) for _, tokens, _ in pieces))
@@ -65,14 +65,14 @@ def queries_run(path: Path, queries: list[str]) -> tuple[int, float]:
 
     with Embedder(path, threads=THREADS) as embedder:
         embedder.encode("warm up", prompt_name="query")  # holds the instruction's KV cells
-        engine.PooledContext._decode = counting_decode
+        runtime.PooledContext._decode = counting_decode
         seconds = []
         for _ in range(3):
             rows.clear()
             start = time.perf_counter()
             embedder.encode(queries, prompt_name="query")
             seconds.append(time.perf_counter() - start)
-        engine.PooledContext._decode = decode
+        runtime.PooledContext._decode = decode
     return sum(rows), statistics.median(seconds)
 
 
@@ -103,9 +103,9 @@ def transformers_queries(prompts: list[str], batch_size: int = 16) -> tuple[int,
 def main() -> None:
     import run as benchmark
 
-    from qwen3_gguf import engine
+    from qwen3_gguf import runtime
 
-    engine.init_backend()
+    runtime.init_backend()
     paths = {quant: CACHE / f"embedding-0.6b-shaped-{quant}.gguf" for quant in ("f16", "q8_0", "q4_k_m")}
     inputs = benchmark.make_inputs({"q8_0": paths["q8_0"]}, quick=False)
     queries = inputs["queries"]

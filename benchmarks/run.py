@@ -42,9 +42,10 @@ CACHE = BENCH / ".cache"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text  # noqa: E402 - after the path set-up
+
 SECTIONS = ("documents", "queries", "rerank", "wrapper", "cold", "curve", "policy")
 QUANTS = ("f16", "q8_0", "q4_k_m")
-DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 DOC_LENGTHS = (64, 128, 256, 512, 1024, 2048)
 QUICK_DOC_LENGTHS = (64, 128, 256, 512)
 CURVE_LENGTHS = (128, 512, 2048, 8192)
@@ -69,9 +70,9 @@ WORDS = (
 
 def build_models(log) -> dict[str, Path]:
     """The synthetic checkpoints and their GGUFs, built once and cached."""
+    from checkpoints import write_tokenizer_files
     from convert_rss import build_checkpoint  # the 0.6B-shaped BF16 checkpoint writer
 
-    from checkpoints import write_tokenizer_files
     from qwen3_gguf.convert import convert_checkpoint
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def quantize_q4_k_m(source: Path, out: Path) -> str:
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
         if status != 0:
-            raise RuntimeError(f"llama_model_quantize failed with status {status}")
+            raise RuntimeError(f"llama_model_quantize failed with status {status}") from None
         return "llama_model_quantize (default parameters)"
     quantize(plan_quantization(source, "q4_k_m"), out)
     return "qwen3_gguf.quantize"
@@ -134,10 +135,10 @@ class TextMaker:
     def __init__(self, gguf: Path, seed: int = 0):
         import numpy as np
 
-        from qwen3_gguf import engine
+        from qwen3_gguf import runtime
 
-        engine.init_backend()
-        self._model = engine.LlamaModel(gguf)
+        runtime.init_backend()
+        self._model = runtime.LlamaModel(gguf)
         self._rng = np.random.default_rng(seed)
 
     def n_tokens(self, text: str) -> int:
@@ -164,7 +165,7 @@ def make_inputs(paths: dict[str, Path], quick: bool) -> dict:
     doc_lengths = QUICK_DOC_LENGTHS if quick else DOC_LENGTHS
     documents = [maker.text(n) for n in doc_lengths]
     queries = [maker.query() for _ in range(QUICK_N_QUERIES if quick else N_QUERIES)]
-    prompts = [f"Instruct: {DEFAULT_TASK}\nQuery:{q}" for q in queries]
+    prompts = [query_text(q, DEFAULT_INSTRUCTION) for q in queries]
     low, high = RERANK_DOC_LENGTHS
     n_rerank = 6 if quick else N_RERANK_DOCS
     rerank_docs = [maker.text(low + (high - low) * i // max(1, n_rerank - 1)) for i in range(n_rerank)]
@@ -236,8 +237,8 @@ def raw_loop(spec: dict):
     import llama_cpp as llama
     import numpy as np
 
-    from qwen3_gguf.batching import MIN_PIECE_TOKENS, SMALLEST_CONTEXT
-    from qwen3_gguf.engine import FA_TILE_ROWS, GGMLTensor, split_pieces
+    from qwen3_gguf.runtime import FA_TILE_ROWS, GGMLTensor, split_pieces
+    from qwen3_gguf.runtime.batching import MIN_PIECE_TOKENS, SMALLEST_CONTEXT
 
     llama.llama_log_set(_SILENT_LOG(), ctypes.c_void_p())
     llama.llama_backend_init()
@@ -377,7 +378,7 @@ def child_transformers(spec: dict) -> dict:
     model = AutoModel.from_pretrained(spec["checkpoint"], dtype=torch.float32).eval()
     texts = spec["texts"]
     if spec["kind"] == "queries":
-        texts = [f"Instruct: {DEFAULT_TASK}\nQuery:{q}" for q in texts]
+        texts = [query_text(q, DEFAULT_INSTRUCTION) for q in texts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     size = spec["batch_size"]
 
@@ -402,11 +403,11 @@ def child_policy(spec: dict) -> dict:
     """tokens/s of batching policies on synthetic token sequences (one process, no RSS)."""
     import numpy as np
 
-    from qwen3_gguf import engine
-    from qwen3_gguf.batching import DEFAULT_BATCH_TOKENS, PooledRunner
+    from qwen3_gguf import runtime
+    from qwen3_gguf.runtime.batching import DEFAULT_BATCH_TOKENS, PooledRunner
 
-    engine.init_backend()
-    model = engine.LlamaModel(Path(spec["model"]))
+    runtime.init_backend()
+    model = runtime.LlamaModel(Path(spec["model"]))
     rng = np.random.default_rng(0)
 
     def tokens(n):
@@ -433,7 +434,7 @@ def child_policy(spec: dict) -> dict:
         for max_sequences, pack_tokens, flash, threads in configs:
             if max_sequences > 1 and len(seqs) == 1:
                 continue
-            runner = PooledRunner(model, pooling=engine.POOLING_LAST, threads=threads,
+            runner = PooledRunner(model, pooling=runtime.POOLING_LAST, threads=threads,
                                   batch_tokens=max(DEFAULT_BATCH_TOKENS, pack_tokens), max_sequences=max_sequences,
                                   pack_tokens=pack_tokens, flash_attn=flash)
             runner.run(seqs[:1])
@@ -539,7 +540,8 @@ def section_queries(ctx: dict) -> dict:
     rows = []
     for quant in ("q8_0", "q4_k_m"):
         for reuse in (True, False):
-            label = f"qwen3-gguf Embedder.encode(prompt_name='query') {quant.upper()}" + ("" if reuse else ", no prefix reuse")
+            label = (f"qwen3-gguf Embedder.encode(prompt_name='query') {quant.upper()}"
+                     + ("" if reuse else ", no prefix reuse"))
             rows.append(run_child({**base, "child": "ours", "label": label, "kind": "queries",
                                    "model": str(paths[quant]), "texts": texts, "reuse_prefix": reuse}, ctx["log"]))
     for size in TRANSFORMERS_BATCH_SIZES:
@@ -562,7 +564,8 @@ def section_rerank(ctx: dict) -> dict:
     rows = []
     for reuse in (True, False):
         label = "qwen3-gguf Reranker.score Q8_0" + ("" if reuse else ", no prefix reuse")
-        rows.append(run_child({**base, "child": "ours", "label": label, "kind": "rerank", "model": str(paths["reranker"]),
+        rows.append(run_child({**base, "child": "ours", "label": label, "kind": "rerank",
+                               "model": str(paths["reranker"]),
                                "query": inputs["rerank_query"], "texts": inputs["rerank_documents"],
                                "reuse_prefix": reuse}, ctx["log"]))
     for row in rows:
@@ -626,7 +629,8 @@ def section_cold(ctx: dict) -> dict:
 
 
 def section_policy(ctx: dict) -> dict:
-    return run_child({**ctx["base"], "child": "policy", "label": "batching policies", "model": str(ctx["paths"]["q8_0"]),
+    return run_child({**ctx["base"], "child": "policy", "label": "batching policies",
+                      "model": str(ctx["paths"]["q8_0"]),
                       "quick": ctx["quick"]}, ctx["log"])
 
 
@@ -653,7 +657,8 @@ def targets(results: dict) -> list[tuple[str, str, float, float]]:
         for quant, goal in (("Q8_0", 1.0), ("Q4_K_M", 1.2)):
             ours = row_named(docs, f"qwen3-gguf Embedder.encode {quant}")
             out.append((f"documents {quant} tokens/s ≥ {goal}× best transformers fp32",
-                        f"{ours['tokens_per_s']:.1f} / {best['tokens_per_s']:.1f}", ours["tokens_per_s"] / best["tokens_per_s"], goal))
+                        f"{ours['tokens_per_s']:.1f} / {best['tokens_per_s']:.1f}",
+                        ours["tokens_per_s"] / best["tokens_per_s"], goal))
             out.append((f"documents {quant} peak RSS ≤ 30% of transformers'",
                         f"{ours['peak_rss'] / MIB:,.0f} / {best['peak_rss'] / MIB:,.0f} MiB",
                         ours["peak_rss"] / best["peak_rss"], -0.30))
@@ -662,7 +667,8 @@ def targets(results: dict) -> list[tuple[str, str, float, float]]:
         best = best_transformers(queries)
         ours = row_named(queries, "qwen3-gguf Embedder.encode(prompt_name='query') Q8_0")
         out.append(("queries Q8_0 tokens/s ≥ 2.5× transformers fp32",
-                    f"{ours['tokens_per_s']:.1f} / {best['tokens_per_s']:.1f}", ours["tokens_per_s"] / best["tokens_per_s"], 2.5))
+                    f"{ours['tokens_per_s']:.1f} / {best['tokens_per_s']:.1f}",
+                    ours["tokens_per_s"] / best["tokens_per_s"], 2.5))
     rerank = results.get("rerank")
     if rerank:
         with_reuse, without = rerank["rows"]
@@ -676,7 +682,8 @@ def targets(results: dict) -> list[tuple[str, str, float, float]]:
                     wrapper["ratio_same_work"], 0.97))
     cold = results.get("cold")
     if cold:
-        out.append(("cold start to first vector (CLI, Q8_0) ≤ 1.5 s", f"{cold['median_s']:.2f} s", cold["median_s"], -1.5))
+        out.append(("cold start to first vector (CLI, Q8_0) ≤ 1.5 s", f"{cold['median_s']:.2f} s",
+                    cold["median_s"], -1.5))
     return out
 
 
@@ -696,8 +703,10 @@ def markdown(results: dict) -> str:
     ]
 
     def table(section: dict, title: str, extra: str | None = None):
-        best = best_transformers(section) if any(r["label"].startswith("transformers") for r in section["rows"]) else None
-        head = "| system | tokens/s |" + (f" {extra} |" if extra else "") + (" × best transformers |" if best else "") + " peak RSS MiB |"
+        has_transformers = any(r["label"].startswith("transformers") for r in section["rows"])
+        best = best_transformers(section) if has_transformers else None
+        head = ("| system | tokens/s |" + (f" {extra} |" if extra else "")
+                + (" × best transformers |" if best else "") + " peak RSS MiB |")
         lines.extend([title, "", head, head_rule(head)])
         for r in section["rows"]:
             cells = [r["label"], f"{r['tokens_per_s']:.1f}"]
@@ -726,7 +735,8 @@ def markdown(results: dict) -> str:
         lines += ["## Wrapper overhead (documents, Q8_0)", "",
                   f"Embedder.encode {w['ours_tokens_per_s']:.1f} tokens/s; a raw llama_decode loop over the same "
                   f"batches, outputs and lm_head skip {w['raw_same_work_tokens_per_s']:.1f} "
-                  f"(ratio {w['ratio_same_work']:.3f}); one process, alternating document by document, same vectors.", ""]
+                  f"(ratio {w['ratio_same_work']:.3f}); one process, alternating document by document, "
+                  "same vectors.", ""]
     if "curve" in results:
         rows = results["curve"]["rows"]
         lengths = sorted({r["length"] for r in rows})
@@ -740,7 +750,8 @@ def markdown(results: dict) -> str:
         lines += ["", head, head_rule(head)]
         for system in systems:
             by_length = {r["length"]: r for r in rows if r["system"] == system}
-            lines.append(f"| {system} | " + " | ".join(f"{by_length[n]['peak_rss'] / MIB:,.0f}" for n in lengths) + " |")
+            cells = " | ".join(f"{by_length[n]['peak_rss'] / MIB:,.0f}" for n in lengths)
+            lines.append(f"| {system} | {cells} |")
         lines.append("")
     if "cold" in results:
         c = results["cold"]
@@ -783,14 +794,14 @@ def main() -> None:
     if args.child:
         return child_main(json.loads(args.child))
 
-    from qwen3_gguf import engine
+    from qwen3_gguf import runtime
 
     sections = args.only.split(",") if args.only else list(SECTIONS)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     runs = args.runs or (1 if args.quick else 3)
-    threads = args.threads or engine.default_threads()
+    threads = args.threads or runtime.default_threads()
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -819,7 +830,8 @@ def main() -> None:
     results = {}
     if results_path.exists():
         earlier = json.loads(results_path.read_text())
-        if {k: earlier["meta"].get(k) for k in ("threads", "runs", "quick")} == {k: meta[k] for k in ("threads", "runs", "quick")}:
+        settings = ("threads", "runs", "quick")
+        if {k: earlier["meta"].get(k) for k in settings} == {k: meta[k] for k in settings}:
             results = {k: v for k, v in earlier.items() if k in SECTIONS}
     ctx = {"paths": paths, "inputs": inputs, "base": {"runs": runs, "threads": threads}, "log": log,
            "quick": args.quick, "sequences": sequences, "results": results}

@@ -11,9 +11,9 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from .data import catalog_file
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -57,7 +57,7 @@ class CatalogEntry:
 
 @functools.cache
 def _catalog_file() -> dict:
-    return tomllib.loads((resources.files("qwen3_gguf") / "models.toml").read_text(encoding="utf-8"))
+    return tomllib.loads(catalog_file().read_text(encoding="utf-8"))
 
 
 @functools.cache

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine
-from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
+from . import runtime
 from .catalog import resolve_model
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
+from .limits import MAX_INPUT_TOKENS, check_dim
 from .progress import progress_bar
 from .prompts import DEFAULT_INSTRUCTION, query_text
+from .runtime.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
 
 EOS_TOKEN = "<|endoftext|>"
-DEFAULT_MAX_TOKENS = 8192
-MIN_MRL_DIM = 32
 PROMPT_NAMES = ("query", "document")
 
 
@@ -36,11 +35,11 @@ class Embedder:
     """
 
     def __init__(self, model: str | Path, *, device: str = "auto", threads: int | None = None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, reuse_prefix: bool = True, verbose: bool = False):
+                 max_tokens: int = MAX_INPUT_TOKENS, reuse_prefix: bool = True, verbose: bool = False):
         self.model_file = read_model_file(resolve_model(model, "embedding"))
         require_kind(self.model_file, "embedding")
-        engine.init_backend(verbose=verbose)
-        self._llama = engine.LlamaModel(self.model_file.path, gpu_layers=engine.gpu_layers_for(device))
+        runtime.init_backend(verbose=verbose)
+        self._llama = runtime.LlamaModel(self.model_file.path, gpu_layers=runtime.gpu_layers_for(device))
         # Append <|endoftext|> and pool the last token ourselves: older GGUFs lack the
         # add_eos/pooling metadata, and the result must not depend on it.
         self._eos = self._llama.special_token(EOS_TOKEN)
@@ -48,7 +47,7 @@ class Embedder:
         if max_tokens < 2:
             raise UserError(f"max_tokens must be at least 2, got {max_tokens}")
         self.max_tokens = min(max_tokens, self._llama.n_ctx_train)
-        self._threads = threads or engine.default_threads()
+        self._threads = threads or runtime.default_threads()
         self._reuse_prefix = reuse_prefix  # False: every query decodes its instruction again
         self._runner: PooledRunner | None = None
 
@@ -144,7 +143,7 @@ class Embedder:
             if self._runner is not None:
                 self._runner.close()
             self._runner = PooledRunner(
-                self._llama, pooling=engine.POOLING_LAST, threads=self._threads,
+                self._llama, pooling=runtime.POOLING_LAST, threads=self._threads,
                 batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES,
                 reuse_prefix=self._reuse_prefix,
             )
@@ -170,11 +169,7 @@ class Embedder:
         return DEFAULT_INSTRUCTION if prompt_name == "query" else None
 
     def _check_dim(self, dim: int | None) -> None:
-        if dim is not None and not MIN_MRL_DIM <= dim <= self.dimension:
-            raise UserError(
-                f"--dim {dim} is outside {MIN_MRL_DIM}…{self.dimension} "
-                f"(this model's embeddings have {self.dimension} dimensions)"
-            )
+        check_dim(dim, self.dimension)
 
 
 def _l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFil
 from gguf.quants import dequantize
 
 from .errors import UserError
+from .tensor_names import CLASSIFIER, TOKEN_EMBEDDING
 
 GGUF_MAGIC = b"GGUF"
 MIN_FILE_SIZE = 24  # magic, version, tensor count, key/value count
@@ -28,7 +29,6 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 SUPPORTED_ARCHITECTURE = "qwen3"
-CLASSIFIER_TENSOR = "cls.output.weight"
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts the process on more
 
 # String arrays are skipped unless their values are needed; numbers are always read.
@@ -118,11 +118,11 @@ def read_model_file(path: str | Path) -> ModelFile:
         pooling = PoolingType(pooling_value).name.lower() if pooling_value is not None else None
     except ValueError:
         raise UserError(f"{path} has an unknown pooling type {pooling_value}") from None
-    kind = "reranker" if CLASSIFIER_TENSOR in tensor_names or pooling == "rank" else "embedding"
-    if kind == "reranker" and CLASSIFIER_TENSOR not in tensor_names:
-        raise UserError(f"{path} says it is a reranker but has no {CLASSIFIER_TENSOR} tensor")
-    if "token_embd.weight" not in tensor_names:
-        raise UserError(f"{path} has no token_embd.weight tensor; it is not a complete Qwen3 model")
+    kind = "reranker" if CLASSIFIER in tensor_names or pooling == "rank" else "embedding"
+    if kind == "reranker" and CLASSIFIER not in tensor_names:
+        raise UserError(f"{path} says it is a reranker but has no {CLASSIFIER} tensor")
+    if TOKEN_EMBEDDING not in tensor_names:
+        raise UserError(f"{path} has no {TOKEN_EMBEDDING} tensor; it is not a complete Qwen3 model")
     _check_attention_shape(path, fields, arch, number)
     if number("block_count") > MAX_LAYERS:
         raise UserError(f"{path} says it has {number('block_count')} layers; llama.cpp allows at most {MAX_LAYERS}")
@@ -259,7 +259,8 @@ class _HeaderParser:
             names.add(name)
             block, block_bytes = GGML_QUANT_SIZES[ggml_type]
             if shape[0] % block:
-                raise _Damaged(f"tensor {name}: row length {shape[0]} is not a multiple of {block} for {ggml_type.name}")
+                raise _Damaged(f"tensor {name}: row length {shape[0]} is not a multiple of {block} "
+                               f"for {ggml_type.name}")
             n_bytes = shape[0] // block * block_bytes
             for dim in shape[1:]:
                 n_bytes *= dim
@@ -267,7 +268,8 @@ class _HeaderParser:
             if relative_offset % alignment:
                 raise _Damaged(f"tensor {name}: data offset {relative_offset} is not aligned to {alignment}")
             if offset + n_bytes > self.file_size:
-                raise _Damaged(f"tensor {name} ends at byte {offset + n_bytes}, past the end of the file ({self.file_size})")
+                raise _Damaged(f"tensor {name} ends at byte {offset + n_bytes}, "
+                               f"past the end of the file ({self.file_size})")
             tensors.append(TensorInfo(name, shape, ggml_type, offset, n_bytes))
         return GGUFHeader(version=version, fields=fields, tensors=tensors, file_size=self.file_size)
 

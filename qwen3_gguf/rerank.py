@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine
-from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
+from . import runtime
 from .catalog import resolve_model
-from .embed import DEFAULT_MAX_TOKENS, TruncationWarning
+from .embed import TruncationWarning
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
+from .limits import MAX_INPUT_TOKENS
 from .progress import progress_bar
 from .prompts import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, rerank_body
+from .runtime.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ class Reranker:
     """
 
     def __init__(self, model: str | Path, *, device: str = "auto", threads: int | None = None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 max_tokens: int = MAX_INPUT_TOKENS, batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  reuse_prefix: bool = True, verbose: bool = False):
         self.model_file = read_model_file(resolve_model(model, "reranker"))
         require_kind(self.model_file, "reranker")
-        engine.init_backend(verbose=verbose)
-        self._llama = engine.LlamaModel(self.model_file.path, gpu_layers=engine.gpu_layers_for(device))
+        runtime.init_backend(verbose=verbose)
+        self._llama = runtime.LlamaModel(self.model_file.path, gpu_layers=runtime.gpu_layers_for(device))
         if self._llama.n_cls_out != 2:
             raise UserError(f"{self.model_file.path} has {self._llama.n_cls_out} classifier outputs; "
                             "a Qwen3 reranker has two (yes, no)")
@@ -55,7 +56,7 @@ class Reranker:
         if self._body_budget < 16:
             raise UserError(f"max_tokens {max_tokens} leaves no room for the query and document")
         self._runner = PooledRunner(
-            self._llama, pooling=engine.POOLING_RANK, threads=threads or engine.default_threads(),
+            self._llama, pooling=runtime.POOLING_RANK, threads=threads or runtime.default_threads(),
             batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES, reuse_prefix=reuse_prefix,
         )
 

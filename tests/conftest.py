@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from checkpoints import FIXTURES, build_checkpoint
+
+# Fixtures whose names hold one of these words build checkpoints, GGUFs, oracles or loaded models: a test
+# that uses one (directly or through another fixture) is slow. `pytest -m "not slow"` runs the rest in seconds.
+MODEL_FIXTURE_WORDS = ("ckpt", "checkpoint", "gguf", "oracle", "embedder", "reranker", "converted", "imatrix")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if any(word in name for name in fixtures for word in MODEL_FIXTURE_WORDS):
+            item.add_marker(pytest.mark.slow)
+
 
 # --- Hugging Face checkpoints (random weights, real Qwen vocabulary) ---------------------
 
@@ -167,6 +178,6 @@ def calibration_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def imatrix_256(embedding_gguf_256, calibration_file):
     """The importance matrix of the hidden-256 embedding GGUF on `calibration_file` (a CollectionResult)."""
-    from qwen3_gguf.imatrix import collect_imatrix
+    from qwen3_gguf.quantization.imatrix import collect_imatrix
 
     return collect_imatrix(embedding_gguf_256, [calibration_file], chunk_tokens=256, device="cpu")

@@ -6,11 +6,17 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from qwen3_gguf import Embedder, engine
-from qwen3_gguf.batching import (
-    DEFAULT_MAX_SEQUENCES, FLASH_ATTENTION, MIN_PIECE_TOKENS, PACK_TOKENS, PooledRunner, plan_packs, shared_prefix_length,
+from qwen3_gguf import Embedder, runtime
+from qwen3_gguf.runtime import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
+from qwen3_gguf.runtime.batching import (
+    DEFAULT_MAX_SEQUENCES,
+    FLASH_ATTENTION,
+    MIN_PIECE_TOKENS,
+    PACK_TOKENS,
+    PooledRunner,
+    plan_packs,
+    shared_prefix_length,
 )
-from qwen3_gguf.engine import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
 
 # --- planning ---------------------------------------------------------------------------------
 
@@ -71,9 +77,9 @@ def test_query_prefix_stops_where_bpe_merges_across_the_boundary(embedder_64):
 def test_short_decodes_after_a_long_prefix_recompute_its_tail(embedding_gguf_64):
     """With flash attention a decode under FA_TILE_ROWS tokens that attends to more than
     FA_SHORT_SPAN cells takes the prefix's last tokens along; shorter spans keep the saving."""
-    model = engine.LlamaModel(embedding_gguf_64)
-    settings = engine.ContextSettings(pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1)
-    context = engine.PooledContext(model, settings)
+    model = runtime.LlamaModel(embedding_gguf_64)
+    settings = runtime.ContextSettings(pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1)
+    context = runtime.PooledContext(model, settings)
     assert context.recomputed_prefix_tokens(0, [5]) == 0
     assert context.recomputed_prefix_tokens(19, [10]) == 0                      # a query's instruction
     assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [5]) == FA_TILE_ROWS - 5
@@ -81,7 +87,7 @@ def test_short_decodes_after_a_long_prefix_recompute_its_tail(embedding_gguf_64)
     assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [5, 5]) == (FA_TILE_ROWS - 10) // 2
     assert context.recomputed_prefix_tokens(FA_SHORT_SPAN, [600]) == 0          # first piece is full
     context.close()
-    no_flash = engine.PooledContext(model, engine.ContextSettings(
+    no_flash = runtime.PooledContext(model, runtime.ContextSettings(
         pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1, flash_attn=False))
     assert no_flash.recomputed_prefix_tokens(900, [5]) == 0
     no_flash.close()
@@ -92,7 +98,7 @@ def test_short_decodes_after_a_long_prefix_recompute_its_tail(embedding_gguf_64)
 
 
 def test_context_grows_only_when_needed(embedding_gguf_64):
-    model = engine.LlamaModel(embedding_gguf_64)
+    model = runtime.LlamaModel(embedding_gguf_64)
     runner = PooledRunner(model, pooling=POOLING_LAST, threads=1)
     rng = np.random.default_rng(0)
     short = [list(rng.integers(100, 1000, 20)) for _ in range(3)]
@@ -154,12 +160,12 @@ def _watch_nothing(node, ask, user_data):  # noqa: ARG001 - with a callback of i
 @pytest.mark.parametrize("kind", ["embedding", "reranker"])
 def test_pooling_here_matches_llama_cpp(kind, embedding_gguf_64, reranker_tied_gguf):
     path, pooling = (embedding_gguf_64, POOLING_LAST) if kind == "embedding" else (reranker_tied_gguf, POOLING_RANK)
-    model = engine.LlamaModel(path)
+    model = runtime.LlamaModel(path)
     rng = np.random.default_rng(1)
     sequences = [list(rng.integers(100, 1000, n)) for n in (3, 40, 200)]
-    settings = engine.ContextSettings(pooling=pooling, n_ctx=512, n_batch=512, n_seq_max=4, threads=1)
-    ours = engine.PooledContext(model, settings)
-    theirs = engine.PooledContext(model, settings, eval_callback=_watch_nothing)
+    settings = runtime.ContextSettings(pooling=pooling, n_ctx=512, n_batch=512, n_seq_max=4, threads=1)
+    ours = runtime.PooledContext(model, settings)
+    theirs = runtime.PooledContext(model, settings, eval_callback=_watch_nothing)
     assert ours._tap is not None and theirs._tap is None
     for pack in (sequences, sequences[:1], sequences[2:]):
         np.testing.assert_allclose(ours.pooled(pack), theirs.pooled(pack), rtol=0, atol=1e-6)
@@ -171,13 +177,13 @@ def test_pooling_here_matches_llama_cpp(kind, embedding_gguf_64, reranker_tied_g
 def test_only_pooled_rows_are_outputs(embedding_gguf_64):
     """No logits are kept for rows nobody pools: a long input's earlier pieces have no outputs,
     its last piece one, a pack one per sequence — and the vectors still equal llama.cpp's pooling."""
-    model = engine.LlamaModel(embedding_gguf_64)
+    model = runtime.LlamaModel(embedding_gguf_64)
     rng = np.random.default_rng(2)
     long_input = list(rng.integers(100, 1000, 300))
     pack = [list(rng.integers(100, 1000, n)) for n in (5, 9, 20)]
-    settings = engine.ContextSettings(pooling=POOLING_LAST, n_ctx=512, n_batch=128, n_seq_max=4, threads=1)
-    ours = engine.PooledContext(model, settings)
-    theirs = engine.PooledContext(model, settings, eval_callback=_watch_nothing)
+    settings = runtime.ContextSettings(pooling=POOLING_LAST, n_ctx=512, n_batch=128, n_seq_max=4, threads=1)
+    ours = runtime.PooledContext(model, settings)
+    theirs = runtime.PooledContext(model, settings, eval_callback=_watch_nothing)
     outputs_per_decode = []
     decode = ours._decode
 

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from gguf import GGUFWriter
 
 from qwen3_gguf import Embedder
-from qwen3_gguf.embed import TruncationWarning
 from qwen3_gguf.cli import cli
+from qwen3_gguf.embed import TruncationWarning
 
 
 def run(*args, input=None):
@@ -158,8 +158,10 @@ def test_bad_model_files(embedding_gguf_64, tmp_path):
         not_gguf: "is not a GGUF file (it does not start with 'GGUF')",
         empty: "is not a GGUF file (only 0 bytes)",
         _truncated_copy(embedding_gguf_64, tmp_path / "half.gguf", 0.5): "is a corrupted or truncated GGUF: tensor",
-        _truncated_copy(embedding_gguf_64, tmp_path / "head.gguf", 0.01): "is a corrupted or truncated GGUF: string array length",
-        _llama_arch_gguf(tmp_path / "llama.gguf"): "is a 'llama' model; qwen3-gguf runs Qwen3 embedding and reranker GGUFs only",
+        _truncated_copy(embedding_gguf_64, tmp_path / "head.gguf", 0.01):
+            "is a corrupted or truncated GGUF: string array length",
+        _llama_arch_gguf(tmp_path / "llama.gguf"):
+            "is a 'llama' model; qwen3-gguf runs Qwen3 embedding and reranker GGUFs only",
         tmp_path: "is a folder; give the path of a .gguf file",
     }
     for path, message in cases.items():

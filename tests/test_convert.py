@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from checkpoints import QWEN_PRETOKENIZER_REGEX, byte_to_unicode
 from gguf import (
     GGMLQuantizationType,
     GGUFReader,
@@ -30,7 +31,6 @@ from gguf import (
 )
 from gguf.quants import dequantize
 
-from checkpoints import QWEN_PRETOKENIZER_REGEX, byte_to_unicode
 from qwen3_gguf.convert import ConversionResult, convert_checkpoint, detect_kind
 from qwen3_gguf.convert.hparams import Qwen3HParams
 from qwen3_gguf.convert.kind import decide_kind
@@ -93,7 +93,7 @@ def mini_tensors(kind: str, tied: bool) -> dict[str, np.ndarray]:
     shapes = {"embed_tokens.weight": (MINI_ROWS, 64), "norm.weight": (64,)}
     for layer in range(2):
         shapes |= {f"layers.{layer}.{name}": shape for name, shape in MINI_LAYER_SHAPES.items()}
-    tensors = {prefix + name: rng.standard_normal(shape, np.float32) 
+    tensors = {prefix + name: rng.standard_normal(shape, np.float32)
                for name, shape in shapes.items()}
     if not tied:
         tensors["lm_head.weight"] = rng.standard_normal((MINI_ROWS, 64), np.float32)

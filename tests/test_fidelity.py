@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from qwen3_gguf.fidelity import (
-    embedding_fidelity, ndcg_at_k, recall_at_k, reranker_fidelity, row_cosines, spearman, top_k,
+from qwen3_gguf.quantization.fidelity import (
+    embedding_fidelity,
+    ndcg_at_k,
+    recall_at_k,
+    reranker_fidelity,
+    row_cosines,
+    spearman,
+    top_k,
 )
 
 

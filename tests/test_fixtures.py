@@ -7,9 +7,6 @@ import unicodedata
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-from tokenizers import Tokenizer
-
 from checkpoints import (
     ENDOFTEXT_ID,
     FIXTURES,
@@ -19,6 +16,8 @@ from checkpoints import (
     VOCAB_SIZE,
     build_checkpoint,
 )
+from safetensors import safe_open
+from tokenizers import Tokenizer
 
 TEXTS = [
     "Hello, world!",

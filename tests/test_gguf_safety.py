@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from checkpoints import byte_to_unicode
 from gguf import GGUFReader, GGUFWriter, PoolingType, TokenType
 
-from checkpoints import byte_to_unicode
 from qwen3_gguf.errors import UserError
 from qwen3_gguf.gguf_file import read_model_file
 

@@ -14,10 +14,15 @@ from gguf import GGUFReader, GGUFValueType
 
 from qwen3_gguf import UserError
 from qwen3_gguf.cli import cli
-from qwen3_gguf.imatrix import (
-    ImportanceMatrix, collect_imatrix, load_calibration, read_imatrix, reranker_sequences, write_imatrix,
-)
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
+from qwen3_gguf.quantization.imatrix import (
+    ImportanceMatrix,
+    collect_imatrix,
+    load_calibration,
+    read_imatrix,
+    reranker_sequences,
+    write_imatrix,
+)
 
 HF_PROJECTIONS = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -102,12 +107,12 @@ def test_file_is_what_llama_imatrix_writes(imatrix_256, tmp_path):
 
 def test_llama_cpp_parses_the_file(imatrix_256, tmp_path):
     """llama.cpp's own GGUF reader (what llama-quantize loads imatrices with) accepts the file."""
-    from qwen3_gguf.engine import _ggml
+    from qwen3_gguf.runtime import load_ggml
 
     class InitParams(ctypes.Structure):
         _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
 
-    ggml = _ggml()
+    ggml = load_ggml()
     ggml.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
     ggml.gguf_init_from_file.restype = ctypes.c_void_p
     ggml.gguf_find_key.argtypes, ggml.gguf_find_key.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int64
@@ -249,7 +254,7 @@ def test_a_model_is_not_an_imatrix(embedding_gguf_64):
 
 def test_interrupted_collection_writes_nothing(embedding_gguf_64, calibration_file, tmp_path, monkeypatch):
     """A Ctrl-C arrives inside llama.cpp's eval callback: it must stop the run, not be swallowed."""
-    from qwen3_gguf import imatrix
+    from qwen3_gguf.quantization import imatrix
 
     calls = []
 

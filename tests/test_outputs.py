@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from qwen3_gguf.cli import cli
 from qwen3_gguf.embed import Embedder
 from qwen3_gguf.files import Chunk
-from qwen3_gguf.outputs import open_output, sidecar_path
+from qwen3_gguf.files.outputs import open_output, sidecar_path
 
 
 def run(*args, input=None):
@@ -59,7 +59,7 @@ def test_a_failed_run_keeps_the_previous_file_and_leaves_no_temporaries(tmp_path
 
 
 def test_ctrl_c_in_embed_files_leaves_the_previous_output(corpus, tmp_path, embedding_gguf_64, monkeypatch):
-    monkeypatch.setattr("qwen3_gguf.files.BATCH_CHUNKS", 2)
+    monkeypatch.setattr("qwen3_gguf.files.embedding.BATCH_CHUNKS", 2)
     calls = []
     original = Embedder.encode
 

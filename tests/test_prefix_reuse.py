@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from qwen3_gguf import Embedder, Reranker
-from qwen3_gguf.batching import MIN_SHARED_PREFIX_TOKENS
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
+from qwen3_gguf.runtime.batching import MIN_SHARED_PREFIX_TOKENS
 
 QUERIES = [
     "what is GGUF?",

@@ -18,13 +18,12 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 
-from qwen3_gguf import Embedder, UserError, engine
+from qwen3_gguf import Embedder, UserError, runtime
 from qwen3_gguf.cli import cli
 from qwen3_gguf.gguf_file import read_header, read_model_file
-from qwen3_gguf.imatrix import ImportanceMatrix, write_imatrix
-from qwen3_gguf.quantize import (
-    FILE_TYPES, bits_per_weight, load_recipe, parse_type, plan_quantization, quantize, recipe_names,
-)
+from qwen3_gguf.quantization import load_recipe, parse_type, plan_quantization, quantize, recipe_names
+from qwen3_gguf.quantization.imatrix import ImportanceMatrix, write_imatrix
+from qwen3_gguf.quantization.types import FILE_TYPES, bits_per_weight
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -120,7 +119,7 @@ def llama_dry_run_types(path, file_type: int, with_imatrix: bool) -> dict[str, Q
     def collect(level, text, user_data):
         log.append(text.decode())
 
-    engine.init_backend()
+    runtime.init_backend()
     llama_cpp.llama_log_set(collect, ctypes.c_void_p())
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.dry_run, params.nthread = file_type, True, 1
@@ -133,7 +132,7 @@ def llama_dry_run_types(path, file_type: int, with_imatrix: bool) -> dict[str, Q
     try:
         assert llama_cpp.llama_model_quantize(str(path).encode(), b"unused.gguf", ctypes.byref(params)) == 0
     finally:
-        engine.init_backend()  # back to the project's silent log
+        runtime.init_backend()  # back to the project's silent log
     types = {}
     for line in "".join(log).splitlines():
         found = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*\], type =\s+(\w+), (.*)", line)

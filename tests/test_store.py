@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from qwen3_gguf.cli import cli
 from qwen3_gguf.embed import Embedder
 from qwen3_gguf.errors import UserError
-from qwen3_gguf.store import Collection
+from qwen3_gguf.files.store import Collection
 
 TOPICS = ["GGUF files store tensors and metadata.", "Bananas are rich in potassium.",
           "The Eiffel Tower is in Paris.", "Rust has a borrow checker.", "Whales are mammals.",
@@ -66,7 +66,7 @@ def test_index_stores_vectors_equal_to_encode(corpus, tmp_path, embedder_64):
         assert (report.embedded, report.counts.binary, collection.document_count) == (8, 1, 8)
     rows = stored(tmp_path / "v.db")
     assert len(rows) == len(TOPICS)
-    for path, chunk, start, end, text, vector in rows:
+    for path, chunk, start, end, text, _vector in rows:
         assert open(path).read()[start:end] == text and chunk == 0
     # One batch, as the index embedded them: llama.cpp's numbers depend (by ~1e-4) on what shares a decode.
     expected = embedder_64.encode([row[4] for row in rows])
@@ -112,7 +112,7 @@ def test_a_failed_first_index_leaves_no_database(corpus, tmp_path):
 
 
 def test_an_interrupted_index_resumes_without_loss_or_duplicates(corpus, tmp_path, embedder_64, monkeypatch):
-    monkeypatch.setattr("qwen3_gguf.files.BATCH_CHUNKS", 3)
+    monkeypatch.setattr("qwen3_gguf.files.embedding.BATCH_CHUNKS", 3)
     with Collection(tmp_path / "whole.db", embedder=embedder_64) as collection:
         collection.index([str(corpus)])
     spy = EncodeSpy(monkeypatch, fail_on_call=2)

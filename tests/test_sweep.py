@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from qwen3_gguf import Embedder
 from qwen3_gguf.cli import cli
-from qwen3_gguf.evaluation import load_eval_set
-from qwen3_gguf.sweep import MANIFEST
-from qwen3_gguf.sweep_report import PARETO_MARK
+from qwen3_gguf.quantization.evaluation import load_eval_set
+from qwen3_gguf.quantization.report import PARETO_MARK
+from qwen3_gguf.quantization.sweep import MANIFEST
 
 TYPES = ("Q2_K", "Q4_K_M", "Q8_0")
 RECIPES = ("llama-default", "bump-edges")
@@ -29,7 +29,7 @@ def run(*args):
 
 
 def test_the_shipped_evaluation_set_is_multilingual_and_not_the_calibration():
-    from qwen3_gguf.imatrix import load_calibration
+    from qwen3_gguf.quantization.imatrix import load_calibration
 
     evalset = load_eval_set()
     assert len(evalset.pairs) >= 250 and len(evalset.documents) >= 350
@@ -148,8 +148,10 @@ def test_pareto_marks(sweep_dir, report):
     assert "F32 (reference)" in marked   # nothing is closer to the reference than itself
     assert "Q2_K llama-default" in marked  # nothing is smaller
     for r in report["rows"]:
-        dominated = any(o["size_bytes"] <= r["size_bytes"] and o["fidelity"]["cosine_mean"] >= r["fidelity"]["cosine_mean"]
-                        and (o["size_bytes"], o["fidelity"]["cosine_mean"]) != (r["size_bytes"], r["fidelity"]["cosine_mean"])
+        def point(row):
+            return row["size_bytes"], row["fidelity"]["cosine_mean"]
+
+        dominated = any(point(o)[0] <= point(r)[0] and point(o)[1] >= point(r)[1] and point(o) != point(r)
                         for o in report["rows"] if o["same_as"] is None)
         assert r["pareto"] == (not dominated and r["same_as"] is None)
     lines = (out / "report.md").read_text(encoding="utf-8").splitlines()
@@ -208,7 +210,8 @@ def test_reranker_sweep(tmp_path, reranker_tied_gguf, calibration_file):
 
 def test_a_reranker_needs_pairs(reranker_tied_gguf, tmp_path):
     (tmp_path / "unpaired.jsonl").write_text('{"query": "a query"}\n{"document": "a document"}\n', encoding="utf-8")
-    result = run("sweep", reranker_tied_gguf, "-o", tmp_path / "s", "--types", "Q8_0", "--eval", tmp_path / "unpaired.jsonl")
+    result = run("sweep", reranker_tied_gguf, "-o", tmp_path / "s", "--types", "Q8_0",
+                 "--eval", tmp_path / "unpaired.jsonl")
     assert result.exit_code == 2
     assert "a reranker is evaluated on query/document pairs" in result.stderr
     assert not list((tmp_path / "s").iterdir())  # refused before the imatrix and any quant
@@ -251,7 +254,7 @@ def test_a_quantized_source_is_refused(sweep_dir, report, tmp_path):
 
 def test_a_folder_of_another_sweep_is_refused(sweep_dir, embedding_gguf_256, imatrix_256, tmp_path):
     """The quants in DIR were built with the collected imatrix: another one would mix two sweeps."""
-    from qwen3_gguf.imatrix import write_imatrix
+    from qwen3_gguf.quantization.imatrix import write_imatrix
 
     out, _ = sweep_dir
     given = write_imatrix(imatrix_256.matrix, tmp_path / "other.gguf")

@@ -7,6 +7,7 @@ from typing import Any
 
 from gguf import GGML_QUANT_VERSION, GGUFType, GGUFWriter, PoolingType
 
+from ..prompts import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from .hparams import Qwen3HParams
 from .tensors import RERANK_LABELS, OutputType
 from .vocab import Vocabulary
@@ -15,13 +16,7 @@ ARCHITECTURE = "qwen3"
 END_OF_TURN = "<|im_end|>"
 
 # The Qwen3-Reranker prompt, with the {query} and {document} placeholders llama.cpp fills in.
-RERANK_TEMPLATE = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
-    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
-    "<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that "
-    "answer the query\n<Query>: {query}\n<Document>: {document}<|im_end|>\n"
-    "<|im_start|>assistant\n<think>\n\n</think>\n\n"
-)
+RERANK_TEMPLATE = RERANK_PREFIX + rerank_body("{query}", "{document}", DEFAULT_INSTRUCTION) + RERANK_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from ..errors import UserError
+from ..tensor_names import CLASSIFIER, OUTPUT, OUTPUT_NORM, TOKEN_EMBEDDING
 from .hparams import Qwen3HParams
 from .safetensors import TensorEntry, to_float32
 
@@ -41,7 +42,6 @@ BLOCK_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mlp.down_proj.weight": ("ffn_down.weight", ("hidden", "ffn")),
 }
 LAYER_NAME = re.compile(r"layers\.(\d+)\.(.+)")
-RERANK_HEAD = "cls.output.weight"
 RERANK_LABELS = ("yes", "no")  # rows of the rerank head, in this order
 
 CHUNK_ELEMENTS = 1 << 22  # values converted at a time; bounds the float32 scratch to 16 MiB
@@ -167,23 +167,23 @@ def plan_tensors(
     by_gguf_name = _map_names(sources, hparams)
     _check_complete(by_gguf_name, hparams)
 
-    lm_head = by_gguf_name.pop("output.weight", None)
-    order = ["token_embd.weight"]
+    lm_head = by_gguf_name.pop(OUTPUT, None)
+    order = [TOKEN_EMBEDDING]
     for block in range(hparams.block_count):
         order += [f"blk.{block}.{name}" for name, _ in BLOCK_TENSORS.values()]
-    order.append("output_norm.weight")
+    order.append(OUTPUT_NORM)
     planned = [_planned(name, by_gguf_name[name], output_type) for name in order]
 
     if rerank_rows is not None:
-        head = by_gguf_name["token_embd.weight"] if hparams.tie_word_embeddings else lm_head
+        head = by_gguf_name[TOKEN_EMBEDDING] if hparams.tie_word_embeddings else lm_head
         if head is None:
             raise UserError(
                 "config.json says tie_word_embeddings is false, "
                 "but the checkpoint has no lm_head.weight"
             )
-        planned.append(_planned(RERANK_HEAD, head, output_type, rows=rerank_rows))
+        planned.append(_planned(CLASSIFIER, head, output_type, rows=rerank_rows))
     elif lm_head is not None and not hparams.tie_word_embeddings:
-        planned.append(_planned("output.weight", lm_head, output_type))
+        planned.append(_planned(OUTPUT, lm_head, output_type))
     return planned
 
 

@@ -22,14 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from ..gguf_file import read_model_file
+from ..limits import MIN_MRL_DIM
 from .fidelity import embedding_fidelity, reranker_fidelity
-from .gguf_file import read_model_file
 
 DEFAULT_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ3_M", "IQ4_XS", "bf16_q8_0")
 DEFAULT_RECIPES = ("llama-default", "bump-edges")
 REFERENCE_TYPES = ("f32", "bf16")
-DEFAULT_MAX_TOKENS = 512   # evaluation documents are cut here, alike for every file
+EVAL_MAX_TOKENS = 512   # evaluation documents are cut here, alike for every file
 REDUCED_DIM = 256          # the Matryoshka dimension measured besides the full one
 MANIFEST = "sweep.json"
 IMATRIX_FILE = "imatrix.gguf"
@@ -47,7 +48,7 @@ class SweepSettings:
     eval_file: Path | None = None            # default: the shipped evaluation set
     reference: str | None = None             # "f32" (default for a checkpoint) or "bf16"
     limit: int | None = None                 # evaluate on the first `limit` records only
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int = EVAL_MAX_TOKENS
     reduced_dim: int | None = None           # default: REDUCED_DIM, or half of a smaller model's
     threads: int | None = None
 
@@ -115,7 +116,7 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
     combinations = [(type_name, recipe) for type_name in settings.types for recipe in recipes]
     for n, (type_name, recipe) in enumerate(combinations, 1):
         rows.append(_build(reference.path, out_dir, type_name, recipe, matrix, rows, settings.threads,
-                           lambda line: say(f"[{n}/{len(combinations)}] {line}")))
+                           lambda line, n=n: say(f"[{n}/{len(combinations)}] {line}")))
         step()
     _measure(rows, model.kind, evalset, settings, reduced_dim, out_dir, say, step)
     return SweepResult(kind=model.kind, model_name=model.name, eval_name=evalset.name,
@@ -127,7 +128,8 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
 
 def _check_settings(settings: SweepSettings) -> list[str]:
     """Refuse bad arguments before any work; returns the recipes' names."""
-    from .quantize import load_recipe, parse_type
+    from .recipes import load_recipe
+    from .types import parse_type
 
     for type_name in settings.types:
         parse_type(type_name)
@@ -209,7 +211,7 @@ def _precision(model) -> str:
 
 def _converted_reference(src: Path, out_dir: Path, precision: str, say) -> SweepFile:
     """The checkpoint converted to `precision`: the GGUF every quant is built from."""
-    from .convert import convert_checkpoint
+    from ..convert import convert_checkpoint
 
     path = out_dir / f"{src.resolve().name.lower()}-{precision}.gguf"
     row = SweepFile(type_name=precision.upper(), recipe=None, path=path)
@@ -268,7 +270,8 @@ def _build(reference: Path, out_dir: Path, type_name: str, recipe: str, matrix, 
            threads: int | None, say) -> SweepFile:
     """The quant of `reference` for (type, recipe): built, found in out_dir, or shared with an
     earlier row whose plan is the same."""
-    from .quantize import plan_quantization, quantize
+    from .plan import plan_quantization
+    from .quantizer import quantize
 
     plan = plan_quantization(reference, type_name, imatrix=matrix, recipe=recipe)
     name = plan.quant_type.name
@@ -289,8 +292,6 @@ def _build(reference: Path, out_dir: Path, type_name: str, recipe: str, matrix, 
 
 
 def _reduced_dim(model, wanted: int | None) -> int:
-    from .embed import MIN_MRL_DIM
-
     dim = model.embedding_length
     if wanted is None:
         return REDUCED_DIM if dim > REDUCED_DIM else max(MIN_MRL_DIM, dim // 2)

@@ -18,8 +18,8 @@ from typing import IO
 
 import numpy as np
 
-from .errors import UserError
-from .files import Chunk
+from ..errors import UserError
+from .chunking import Chunk
 
 FORMATS = ("jsonl", "npy", "parquet")
 NPY_HEADER_BYTES = 128     # fixed, so the row count can be filled in when the run ends

@@ -15,32 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .engine import (
-    FA_TILE_ROWS, POOLING_RANK, ContextSettings, LlamaModel, PooledContext, common_prefix_length,
-)
+from .context import FA_TILE_ROWS, POOLING_RANK, ContextSettings, PooledContext, common_prefix_length
+from .model import LlamaModel
 
-# --- the policy, chosen by measurement (`python benchmarks/run.py --only policy`) -------------
-#
-# 0.6B-shaped Q8_0 model on a 2-core AVX2 CPU, tokens/s, median of 2 (the machine was shared
-# with other jobs while measuring; the lead's quiet-machine run is in benchmarks/results.md):
-#                                      one sequence    packed ≤512 tok   packed ≤2,048 tok
-#   8 docs × 256 tok, flash attn      100.0 (44.2)       98.5 (43.2)       78.7 (37.1)
-#   8 docs × 256 tok, no flash         91.8 (42.3)            —            58.8 (28.1)
-#   16 queries × 30 tok, flash attn    92.7 (42.8)       90.9 (42.4)            —
-#   16 queries × 30 tok, no flash      79.7 (41.7)       80.3 (37.4)            —
-#   1 doc × 2,048 tok, flash attn      pieces of 512: (32.9)   one 2,048 decode: (28.2)
-# (2 threads, wall clock; in parentheses 1 thread, CPU time.) Packing whole inputs never won:
-# a packed decode attends (masked) over every cell of the unified KV cache, which grows with
-# the pack. But a decode of few rows wastes the matmuls: one decode of n rows, same model,
-# costs 31 ms at n=1, 13.4 ms/row at 8, 9.4 at 16, 8.7 from 32 rows on. Queries after a held
-# instruction are that case (a few tokens each), so short inputs share decodes up to
-# PACK_TOKENS rows. 16 queries under the default instruction, 2 threads: one per decode
-# 1.31 s; packs of ≤32 rows 0.90 s, ≤64 0.84 s, ≤128 0.86 s, ≤256 1.02 s.
-# So: inputs sorted by length; up to 64 tokens packed, up to 16 to a decode; longer inputs
-# alone, in 512-token pieces; flash attention on.
+# The policy, chosen by measurement: the numbers are in benchmarks/results.md ("Batching policy").
+# Inputs sorted by length; up to PACK_TOKENS tokens packed, up to DEFAULT_MAX_SEQUENCES to a decode;
+# longer inputs alone, in pieces of at least MIN_PIECE_TOKENS.
 DEFAULT_MAX_SEQUENCES = 16
 PACK_TOKENS = 64  # inputs up to this many tokens share decodes, up to this many tokens in all
-FLASH_ATTENTION = True  # see engine.FA_TILE_ROWS for how it is kept exact on the CPU
+FLASH_ATTENTION = True  # see context.FA_TILE_ROWS for how it is kept exact on the CPU
 # Tokens per decode for longer sequences: the piece size. Never smaller than MIN_PIECE_TOKENS.
 DEFAULT_BATCH_TOKENS = 512
 MIN_PIECE_TOKENS = 512

@@ -16,28 +16,25 @@ Files are the GGUF imatrix format llama-imatrix writes and llama-quantize reads
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from . import engine
-from .errors import UserError
-from .gguf_file import read_header, read_model_file
-from .progress import progress_bar
+from ..atomic import atomic_path
+from ..data import calibration_file
+from ..errors import UserError
+from ..gguf_file import read_header, read_model_file
+from ..progress import progress_bar
+from ..prompts import DEFAULT_INSTRUCTION, query_text
 from .text_records import TextRecord, read_text_records
-from .prompts import DEFAULT_INSTRUCTION, query_text
 
 DEFAULT_CHUNK_TOKENS = 512
 MIN_CHUNK_TOKENS = 128            # room for the reranker's fixed prompt around a document
 MAX_SEQUENCES_PER_CHUNK = 64
-DEFAULT_CALIBRATION = "calibration.jsonl"
 IMATRIX_TYPE = "imatrix"
 SUMS_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
@@ -69,31 +66,32 @@ class ImportanceMatrix:
 
 def write_imatrix(matrix: ImportanceMatrix, path: str | Path) -> Path:
     """Write `matrix` as a GGUF imatrix (to a temporary name, renamed when complete)."""
-    from gguf import GGUFValueType, GGUFWriter, Keys
-
     path = Path(path)
-    partial = partial_file_for(path)
     try:
-        writer = GGUFWriter(partial, arch=IMATRIX_TYPE)
-        # llama-imatrix files carry no architecture; the writer always adds one.
-        writer.kv_data[0].pop(Keys.General.ARCHITECTURE)
-        writer.add_type(IMATRIX_TYPE)
-        writer.add_array("imatrix.datasets", list(matrix.datasets))
-        writer.add_key_value("imatrix.chunk_count", matrix.chunk_count, GGUFValueType.UINT32)
-        writer.add_key_value("imatrix.chunk_size", matrix.chunk_size, GGUFValueType.UINT32)
-        for name in sorted(matrix.sums):
-            writer.add_tensor(name + SUMS_SUFFIX, np.asarray(matrix.sums[name], dtype=np.float32)[None, :])
-            writer.add_tensor(name + COUNTS_SUFFIX, np.array([[matrix.counts[name]]], dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            _write_gguf_imatrix(matrix, partial)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return path
+
+
+def _write_gguf_imatrix(matrix: ImportanceMatrix, partial: Path) -> None:
+    from gguf import GGUFValueType, GGUFWriter, Keys
+
+    writer = GGUFWriter(partial, arch=IMATRIX_TYPE)
+    # llama-imatrix files carry no architecture; the writer always adds one.
+    writer.kv_data[0].pop(Keys.General.ARCHITECTURE)
+    writer.add_type(IMATRIX_TYPE)
+    writer.add_array("imatrix.datasets", list(matrix.datasets))
+    writer.add_key_value("imatrix.chunk_count", matrix.chunk_count, GGUFValueType.UINT32)
+    writer.add_key_value("imatrix.chunk_size", matrix.chunk_size, GGUFValueType.UINT32)
+    for name in sorted(matrix.sums):
+        writer.add_tensor(name + SUMS_SUFFIX, np.asarray(matrix.sums[name], dtype=np.float32)[None, :])
+        writer.add_tensor(name + COUNTS_SUFFIX, np.array([[matrix.counts[name]]], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def read_imatrix(path: str | Path) -> ImportanceMatrix:
@@ -107,7 +105,7 @@ def read_imatrix(path: str | Path) -> ImportanceMatrix:
 
 
 def _read_gguf_imatrix(path: Path) -> ImportanceMatrix:
-    from gguf import GGUFReader, GGMLQuantizationType
+    from gguf import GGMLQuantizationType, GGUFReader
 
     # The strict header check first: it is fast and refuses a model file before its vocabulary.
     header = read_header(path)
@@ -182,11 +180,6 @@ def _read_legacy_imatrix(path: Path) -> ImportanceMatrix:
 
 # --- calibration -----------------------------------------------------------------------------
 
-def default_calibration_file():
-    """The calibration set shipped in the package (see quantize/calibration/README.md)."""
-    return resources.files("qwen3_gguf") / "quantize_data" / "calibration" / DEFAULT_CALIBRATION
-
-
 def load_calibration(paths: Sequence[str | Path] = ()) -> tuple[list[TextRecord], list[str]]:
     """Calibration items from JSONL files (query/document/instruction records) or plain text
     files (each blank-line-separated paragraph a document); the shipped set when none given.
@@ -194,8 +187,8 @@ def load_calibration(paths: Sequence[str | Path] = ()) -> tuple[list[TextRecord]
     Returns the items and the dataset names recorded in the imatrix.
     """
     if not paths:
-        with resources.as_file(default_calibration_file()) as path:
-            return read_text_records(path, "calibration file"), [f"qwen3-gguf:{DEFAULT_CALIBRATION}"]
+        return (read_text_records(calibration_file(), "calibration file"),
+                [f"qwen3-gguf:{calibration_file().name}"])
     items = []
     for path in map(Path, paths):
         if not path.is_file():
@@ -273,8 +266,8 @@ def collect_imatrix(model: str | Path, calibration: Sequence[str | Path] = (), *
                     show_progress: bool = False) -> CollectionResult:
     """Run the calibration through `model` on llama.cpp and sum the squared inputs of every
     blk.* weight. `max_chunks` stops after that many decodes of up to `chunk_tokens` tokens."""
-    from .embed import Embedder
-    from .rerank import Reranker
+    from ..embed import Embedder
+    from ..rerank import Reranker
 
     if chunk_tokens < MIN_CHUNK_TOKENS:
         raise UserError(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}")
@@ -288,14 +281,14 @@ def collect_imatrix(model: str | Path, calibration: Sequence[str | Path] = (), *
         # Lazily: with --chunks only the calibration that is used gets tokenized.
         chunks = list(itertools.islice(pack_chunks(sequences, chunk_tokens), max_chunks))
         sums = _SquaredInputSums()
-        observer = engine.MatMulInputObserver(sums.add)
-        settings = engine.ContextSettings(
-            pooling=engine.POOLING_LAST if kind == "embedding" else engine.POOLING_RANK,
+        observer = runtime.MatMulInputObserver(sums.add)
+        settings = runtime.ContextSettings(
+            pooling=runtime.POOLING_LAST if kind == "embedding" else runtime.POOLING_RANK,
             n_ctx=chunk_tokens, n_batch=chunk_tokens, n_seq_max=MAX_SEQUENCES_PER_CHUNK,
-            threads=threads or engine.default_threads(),
+            threads=threads or runtime.default_threads(),
         )
         # A context of its own on the runtime's model (whose tokenizer made the sequences).
-        context = engine.PooledContext(runtime._llama, settings, eval_callback=observer.callback)
+        context = runtime.PooledContext(runtime._llama, settings, eval_callback=observer.callback)
         try:
             started = time.perf_counter()
             n_tokens = _decode(context, observer, chunks, show_progress)
@@ -324,25 +317,3 @@ def _decode(context, observer, chunks: list[list[list[int]]], show_progress: boo
                 bar.set_postfix_str(f"{n_tokens / (time.perf_counter() - started):.0f} tokens/s", refresh=False)
                 bar.update(1)
     return n_tokens
-
-
-def ensure_writable(path: str | Path) -> None:
-    """Refuse, before any work, an output that could not be written."""
-    partial_file_for(Path(path)).unlink()
-
-
-def partial_file_for(path: Path) -> Path:
-    """Create an empty file next to `path` to write into and rename when complete.
-
-    Creating it up front proves the folder writable before any work is done.
-    """
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give a file name to write")
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except FileNotFoundError:
-        raise UserError(f"cannot write {path}: the folder {path.parent} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-    return partial

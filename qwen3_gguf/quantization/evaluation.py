@@ -7,22 +7,16 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .prompts import DEFAULT_INSTRUCTION, query_text
+from ..data import eval_file
+from ..errors import UserError
+from ..prompts import DEFAULT_INSTRUCTION, query_text
 from .text_records import TextRecord, read_text_records
 
-DEFAULT_EVAL = "eval.jsonl"
 RERANK_CANDIDATES = 5  # each query against its own document and the next pairs' documents
-
-
-def default_eval_file():
-    """The evaluation set shipped in the package (see quantize/eval/README.md)."""
-    return resources.files("qwen3_gguf") / "quantize_data" / "eval" / DEFAULT_EVAL
 
 
 @dataclass(frozen=True)
@@ -57,8 +51,7 @@ def load_eval_set(path: str | Path | None = None, *, limit: int | None = None) -
     if limit is not None and limit < 2:
         raise UserError(f"--limit must be at least 2, got {limit}")
     if path is None:
-        with resources.as_file(default_eval_file()) as shipped:
-            records, name = read_text_records(shipped, "evaluation file"), f"qwen3-gguf:{DEFAULT_EVAL}"
+        records, name = read_text_records(eval_file(), "evaluation file"), f"qwen3-gguf:{eval_file().name}"
     else:
         path = Path(path)
         if not path.is_file():
@@ -109,8 +102,8 @@ class ModelOutputs:
 
 def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threads: int | None) -> ModelOutputs:
     """Run the evaluation set through `path` as the runtime does for users."""
-    from .embed import Embedder, TruncationWarning
-    from .rerank import Reranker
+    from ..embed import Embedder, TruncationWarning
+    from ..rerank import Reranker
 
     started = time.perf_counter()
     runtime_class = Embedder if kind == "embedding" else Reranker

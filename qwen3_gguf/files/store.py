@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import default_embedding_model, is_model_path
-from .errors import UserError
-from .files import DEFAULT_CHUNK_TOKENS, Chunker, Counts, EmbeddedBatch, TextFiles, embed_documents
-from .prompts import DEFAULT_INSTRUCTION
+from ..catalog import default_embedding_model, is_model_path
+from ..errors import UserError
+from ..limits import check_dim
+from ..prompts import DEFAULT_INSTRUCTION
+from .chunking import Chunker
+from .embedding import EmbeddedBatch, embed_documents
+from .walk import DEFAULT_CHUNK_TOKENS, Counts, TextFiles
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collection (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,7 +121,7 @@ class Collection:
     def embedder(self):
         """The embedding model, loaded on first use and checked against the collection."""
         if self._embedder is None:
-            from .embed import Embedder
+            from ..embed import Embedder
 
             self._embedder = Embedder(self._model_spec(), **self._embedder_options)
         self._adopt_model()
@@ -269,12 +272,8 @@ class Collection:
                     "Use the same model, or a new --db"
                 )
             return
-        from .embed import MIN_MRL_DIM
-
         dim = self._dim or model_file.embedding_length
-        if not MIN_MRL_DIM <= dim <= model_file.embedding_length:
-            raise UserError(f"--dim {dim} is outside {MIN_MRL_DIM}…{model_file.embedding_length} "
-                            f"(this model's embeddings have {model_file.embedding_length} dimensions)")
+        check_dim(dim, model_file.embedding_length)
         named = not self._embedder_given and not is_model_path(self._model_spec())
         model = str(self._model_spec()) if named else str(model_file.path.resolve())
         self.metadata.update(identity, model=model, dim=str(dim), instruction=self._instruction or DEFAULT_INSTRUCTION)

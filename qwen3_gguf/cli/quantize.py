@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
-
-DEVICES = click.Choice(["auto", "cpu", "gpu"])
+from ..errors import UserError
+from ._common import runtime_options, threads_option
 
 
 @click.command()
@@ -21,8 +20,7 @@ DEVICES = click.Choice(["auto", "cpu", "gpu"])
 @click.option("--chunk-tokens", type=int, default=512, show_default=True,
               help="Tokens per llama.cpp decode (the imatrix chunk size); longer inputs are cut.")
 @click.option("--chunks", type=int, help="Stop after this many chunks (default: all of the calibration).")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@runtime_options
 @click.pass_obj
 def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk_tokens: int,
             chunks: int | None, device: str, threads: int | None) -> None:
@@ -31,7 +29,8 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
     The text is formatted as the runtime formats it: queries in the Qwen3 instruction format and
     documents for an embedding model, full rerank prompts for a reranker.
     """
-    from .imatrix import collect_imatrix, ensure_writable, write_imatrix
+    from ..atomic import ensure_writable
+    from ..quantization import collect_imatrix, write_imatrix
 
     ensure_writable(output)
     result = collect_imatrix(model, calibration, chunk_tokens=chunk_tokens, max_chunks=chunks, device=device,
@@ -57,7 +56,7 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
 @click.option("--output-tensor-type", metavar="TYPE", help="Type of the output head (the tied token embedding).")
 @click.option("--token-embedding-type", metavar="TYPE", help="Type of the token embedding.")
 @click.option("--dry-run", is_flag=True, help="Print the per-tensor plan, size and bits per weight; write nothing.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@threads_option
 @click.pass_obj
 def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file: Path | None,
              recipe: str | None, tensor_types: tuple[str, ...], output_tensor_type: str | None,
@@ -68,9 +67,8 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
     PRECISION_BASE such as bf16_q8_0 or f16_q4_k: the token embedding and output head stay at
     PRECISION, the rest follows BASE. IQ1/IQ2/IQ3_XXS types need --imatrix.
     """
-    from .imatrix import read_imatrix
-    from .quantize import plan_quantization
-    from .quantize import quantize as run_plan
+    from ..quantization import plan_quantization, read_imatrix
+    from ..quantization import quantize as run_plan
 
     if output is None and not dry_run:
         raise UserError("give the file to write with -o/--output (or look at the plan with --dry-run)")
@@ -109,7 +107,7 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
               help="Evaluation texts are cut to this many tokens (alike for every file).")
 @click.option("--dim", type=int, help="The reduced Matryoshka dimension also measured [default: 256, or half "
               "of a smaller model's].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@threads_option
 @click.pass_obj
 def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None, imatrix_file: Path | None,
           calibration: tuple[Path, ...], chunks: int | None, eval_file: Path | None, reference: str | None,
@@ -124,9 +122,9 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
 
     from tqdm import tqdm
 
-    from .progress import progress_bar
-    from .sweep import DEFAULT_RECIPES, DEFAULT_TYPES, SweepSettings, count_steps, run_sweep
-    from .sweep_report import write_reports
+    from ..progress import progress_bar
+    from ..quantization.report import write_reports
+    from ..quantization.sweep import DEFAULT_RECIPES, DEFAULT_TYPES, SweepSettings, count_steps, run_sweep
 
     settings = SweepSettings(
         types=_names(types, "--types") or DEFAULT_TYPES, recipes=_names(recipes, "--recipes") or DEFAULT_RECIPES,
@@ -150,7 +148,7 @@ def _names(value: str | None, option: str) -> list[str] | None:
         return None
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
-    
+
         raise UserError(f"{option} is empty; give a comma-separated list")
     return names
 

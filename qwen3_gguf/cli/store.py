@@ -1,0 +1,81 @@
+"""`qwen3-gguf index` and `qwen3-gguf search`: an incremental SQLite collection of file chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..files.walk import DEFAULT_CHUNK_TOKENS
+from ._common import AppState, display_path, model_option, one_line, rate, runtime_options, token_progress
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--db", type=click.Path(path_type=Path), default="vectors.db", show_default=True,
+              help="The SQLite collection to create or update.")
+@model_option(help="Embedding GGUF or catalog name [default: the collection's model, "
+                   "or the catalog default for a new collection].")
+@click.option("--glob", "include", multiple=True, metavar="PATTERN", help="Index only files matching PATTERN.")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Skip files and folders matching PATTERN.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), default=DEFAULT_CHUNK_TOKENS, show_default=True)
+@click.option("--overlap", type=click.IntRange(min=0), help="[default: chunk-tokens / 8]")
+@click.option("--dim", type=int, help="Store the first DIM Matryoshka dimensions (fixed per collection).")
+@click.option("--instruction", help="The task description search queries get (fixed per collection).")
+@click.option("--prune", is_flag=True, help="Remove files from the collection that no longer exist.")
+@runtime_options
+@click.pass_obj
+def index(obj: AppState, paths, db, model, include, exclude, chunk_tokens, overlap, dim, instruction, prune,
+          device, threads):
+    """Embed the text files under PATHS into a searchable collection; unchanged files are skipped."""
+    from ..files.store import Collection
+
+    started = time.perf_counter()
+    with Collection(db, model=model, dim=dim, instruction=instruction, device=device, threads=threads,
+                    verbose=obj.verbose) as collection, token_progress() as show:
+        report = collection.index(paths, include=include, exclude=exclude, chunk_tokens=chunk_tokens,
+                                  overlap=overlap, prune=prune, on_batch=lambda batch, report: show(report.counts))
+        counts = report.counts
+        click.echo("; ".join([
+            f"indexed {report.embedded} new or changed files ({counts.chunks} chunks, {counts.tokens} tokens) "
+            f"in {rate(counts, started)}",
+            f"{report.unchanged} unchanged, {report.pruned} pruned",
+            *counts.notes(),
+            f"{db} holds {collection.document_count} files, {len(collection)} chunks",
+        ]), err=True)
+
+
+@click.command()
+@click.argument("query")
+@click.option("--db", type=click.Path(path_type=Path), default="vectors.db", show_default=True)
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@model_option(help="Embedding GGUF or catalog name [default: the collection's model].")
+@click.option("--rerank-model", help="Rerank the best candidates with this reranker (GGUF or catalog name).")
+@click.option("--rerank-top", type=click.IntRange(min=1), default=50, show_default=True,
+              help="How many cosine candidates the reranker scores.")
+@click.option("--no-instruction", is_flag=True, help="Embed the query as plain text, like the documents "
+                                                     "(find passages similar to a passage).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@runtime_options
+@click.pass_obj
+def search(obj: AppState, query, db, k, model, rerank_model, rerank_top, no_instruction, as_json, device, threads):
+    """Find the chunks of a collection closest to QUERY, best first."""
+    from ..files.store import Collection
+
+    with Collection(db, model=model, create=False, device=device, threads=threads, verbose=obj.verbose) as collection:
+        reranker = None
+        if rerank_model:
+            from ..rerank import Reranker
+
+            reranker = Reranker(rerank_model, device=device, threads=threads, verbose=obj.verbose)
+        hits = collection.search(query, k=k, use_instruction=not no_instruction, reranker=reranker,
+                                 rerank_top=rerank_top)
+    if as_json:
+        for hit in hits:
+            click.echo(json.dumps({"path": hit.path, "chunk": hit.chunk, "start": hit.start, "end": hit.end,
+                                   "score": hit.score, "cosine": hit.cosine, "text": hit.text}, ensure_ascii=False))
+        return
+    for rank, hit in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {hit.score:.4f}  {display_path(hit.path)}#{hit.chunk}  {one_line(hit.text, 70)}")

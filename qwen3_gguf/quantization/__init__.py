@@ -1,0 +1,16 @@
+"""Quantization: from a full-precision GGUF to any llama.cpp type, planned tensor by tensor.
+
+types (names: file types, tensor types, hybrids) · recipes (per-tensor rules kept as data) ·
+llama_choice (what llama.cpp itself would choose) → plan (one type per tensor, checked before any
+work) → quantizer (llama.cpp's quantizer, run in llama_quantize's child process). imatrix collects
+the importance matrix on calibration text (text_records reads it). sweep builds a family of
+quants and measures them (evaluation runs the models, fidelity compares, report writes tables).
+"""
+
+from .imatrix import ImportanceMatrix, collect_imatrix, load_calibration, read_imatrix, write_imatrix
+from .plan import QuantPlan, plan_quantization
+from .quantizer import QuantizeResult, quantize
+from .recipes import load_recipe, parse_type, recipe_names
+
+__all__ = ["ImportanceMatrix", "QuantPlan", "QuantizeResult", "collect_imatrix", "load_calibration", "load_recipe",
+           "parse_type", "plan_quantization", "quantize", "read_imatrix", "recipe_names", "write_imatrix"]
