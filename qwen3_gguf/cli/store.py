@@ -8,14 +8,19 @@ from pathlib import Path
 
 import click
 
+from ..errors import UserError
 from ..files.walk import DEFAULT_CHUNK_TOKENS
 from ._common import AppState, display_path, model_option, one_line, rate, runtime_options, token_progress
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--db", type=click.Path(path_type=Path), default="vectors.db", show_default=True,
               help="The SQLite collection to create or update.")
+@click.option("--import", "imports", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Store vectors embedded elsewhere, without re-embedding: a .jsonl or .parquet file as "
+                   "embed-files writes it (repeatable). Records that name no model are taken to be of -m's "
+                   "(or the collection's) model.")
 @model_option(help="Embedding GGUF or catalog name [default: the collection's model, "
                    "or the catalog default for a new collection].")
 @click.option("--glob", "include", multiple=True, metavar="PATTERN", help="Index only files matching PATTERN.")
@@ -27,29 +32,47 @@ from ._common import AppState, display_path, model_option, one_line, rate, runti
 @click.option("--prune", is_flag=True, help="Remove files from the collection that no longer exist.")
 @runtime_options
 @click.pass_obj
-def index(obj: AppState, paths, db, model, include, exclude, chunk_tokens, overlap, dim, instruction, prune,
+def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_tokens, overlap, dim, instruction, prune,
           device, threads):
-    """Embed the text files under PATHS into a searchable collection; unchanged files are skipped."""
+    """Embed the text files under PATHS into a searchable collection; unchanged files are skipped.
+
+    One process writes a collection at a time: an index started while another is writing the same
+    --db waits for it to finish (saying so), then embeds only what the first one did not. Searches
+    run meanwhile answer from what is committed. An interrupted index keeps every finished batch
+    of files; running it again goes on from there.
+    """
+    from ..files.records import read_records
     from ..files.store import Collection
 
+    if not paths and not imports:
+        raise UserError("name the files or folders to index, or --import FILE")
     started = time.perf_counter()
     with Collection(db, model=model, dim=dim, instruction=instruction, device=device, threads=threads,
-                    verbose=obj.verbose) as collection, token_progress() as show:
-        report = collection.index(paths, include=include, exclude=exclude, chunk_tokens=chunk_tokens,
-                                  overlap=overlap, prune=prune, on_batch=lambda batch, report: show(report.counts))
-        counts = report.counts
-        click.echo("; ".join([
-            f"indexed {report.embedded} new or changed files ({counts.chunks} chunks, {counts.tokens} tokens) "
-            f"in {rate(counts, started)}",
-            f"{report.unchanged} unchanged, {report.pruned} pruned",
-            *counts.notes(),
-            f"{db} holds {collection.document_count} files, {len(collection)} chunks",
-        ]), err=True)
+                    verbose=obj.verbose, on_wait=lambda message: click.echo(message, err=True)) as collection:
+        notes = []
+        for source in imports:
+            added = collection.add(read_records(source), model=model)
+            notes.append(f"imported {added.chunks} chunks of {added.documents} files from {source} "
+                         f"({added.verified} match the files on disk)")
+        if paths:
+            with token_progress() as show:
+                report = collection.index(paths, include=include, exclude=exclude, chunk_tokens=chunk_tokens,
+                                          overlap=overlap, prune=prune,
+                                          on_batch=lambda batch, report: show(report.counts))
+            counts = report.counts
+            notes += [f"indexed {report.embedded} new or changed files ({counts.chunks} chunks, {counts.tokens} "
+                      f"tokens) in {rate(counts, started)}", f"{report.unchanged} unchanged, {report.pruned} pruned",
+                      *counts.notes()]
+        elif prune:
+            notes.append(f"{collection.prune()} pruned")
+        click.echo("; ".join([*notes, f"{db} holds {collection.document_count} files, {len(collection)} chunks"]),
+                   err=True)
 
 
 @click.command()
 @click.argument("query")
-@click.option("--db", type=click.Path(path_type=Path), default="vectors.db", show_default=True)
+@click.option("--db", type=click.Path(), default="vectors.db", show_default=True,
+              help="The SQLite collection, or lance://PATH for a LanceDB table of embed-files --engine ray.")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @model_option(help="Embedding GGUF or catalog name [default: the collection's model].")
 @click.option("--rerank-model", help="Rerank the best candidates with this reranker (GGUF or catalog name).")
@@ -57,21 +80,31 @@ def index(obj: AppState, paths, db, model, include, exclude, chunk_tokens, overl
               help="How many cosine candidates the reranker scores.")
 @click.option("--no-instruction", is_flag=True, help="Embed the query as plain text, like the documents "
                                                      "(find passages similar to a passage).")
+@click.option("--path-glob", metavar="PATTERN", help="Only chunks of files whose path matches PATTERN, e.g. "
+              "'*.md' or 'notes/*' (a pattern not starting with / or * matches at any folder depth).")
+@click.option("--min-score", type=float, help="Drop hits scoring below this (the cosine, or P(yes) when reranked).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @runtime_options
 @click.pass_obj
-def search(obj: AppState, query, db, k, model, rerank_model, rerank_top, no_instruction, as_json, device, threads):
+def search(obj: AppState, query, db, k, model, rerank_model, rerank_top, no_instruction, path_glob, min_score,
+           as_json, device, threads):
     """Find the chunks of a collection closest to QUERY, best first."""
     from ..files.store import Collection
 
-    with Collection(db, model=model, create=False, device=device, threads=threads, verbose=obj.verbose) as collection:
+    if db.startswith("lance://"):
+        from ..distributed.lance import LanceCollection
+
+        opened = LanceCollection(db, model=model, device=device, threads=threads, verbose=obj.verbose)
+    else:
+        opened = Collection(db, model=model, create=False, device=device, threads=threads, verbose=obj.verbose)
+    with opened as collection:
         reranker = None
         if rerank_model:
             from ..rerank import Reranker
 
             reranker = Reranker(rerank_model, device=device, threads=threads, verbose=obj.verbose)
         hits = collection.search(query, k=k, use_instruction=not no_instruction, reranker=reranker,
-                                 rerank_top=rerank_top)
+                                 rerank_top=rerank_top, path_glob=path_glob, min_score=min_score)
     if as_json:
         for hit in hits:
             click.echo(json.dumps({"path": hit.path, "chunk": hit.chunk, "start": hit.start, "end": hit.end,

@@ -42,6 +42,12 @@ class LanceCollection:
         self._embedder = embedder
         self._embedder_options = dict(device=device, threads=threads, verbose=verbose)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
     def __len__(self) -> int:
         return self.table.count_rows()
 
@@ -78,7 +84,7 @@ class LanceCollection:
             raise UserError(f"the vector has {vector.shape[0]} dimensions; the table holds {self.dim}")
         n = max(k, rerank_top) if reranker is not None else k
         rows = (self.table.search(vector).distance_type("cosine").limit(n)
-                .select(["path", "chunk", "start", "end", "text"]).to_arrow().to_pylist())
+                .select(["path", "chunk", "start", "end", "text", "_distance"]).to_arrow().to_pylist())
         hits = [SearchHit(r["path"], r["chunk"], r["start"], r["end"], r["text"],
                           1.0 - r["_distance"], 1.0 - r["_distance"]) for r in rows]
         if reranker is None:

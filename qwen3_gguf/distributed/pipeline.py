@@ -19,9 +19,8 @@ from .worker import ChunkEmbedder
 INSTALL_HINT = "pip install 'qwen3-gguf[ray]'"
 DEFAULT_CPUS_PER_WORKER = 4     # llama.cpp threads per actor; more actors scale better than more threads
 DEFAULT_BATCH_ROWS = 16          # documents (or table rows) per actor call
-FILES_PER_BLOCK = 64             # documents per block of the dataset the driver builds
 CONNECT_TIMEOUT_S = 5.0
-RAY_LOGGERS = ("ray", "ray.data", "ray.serve")
+RAY_LOGGERS = ("ray", "ray.data")
 
 
 def require_ray():
@@ -48,11 +47,11 @@ def ray_session(address: str | None = None, *, verbose: bool = False) -> Iterato
         return
     if address not in (None, "auto"):
         _check_reachable(address)
+    level = logging.INFO if verbose else logging.ERROR
     for name in RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     try:
-        ray.init(address=address, log_to_driver=verbose, include_dashboard=False,
-                 logging_level=logging.INFO if verbose else logging.WARNING)
+        ray.init(address=address, log_to_driver=verbose, include_dashboard=False, logging_level=level)
     except ConnectionError as exc:
         raise UserError(f"cannot connect to Ray at --address {address}: {_first_line(exc)}") from None
     _quiet_data_context(verbose)
@@ -104,7 +103,8 @@ def read_files(paths: Sequence[str], *, include: Sequence[str] = (), exclude: Se
 
     Walked and read here, on the driver, with `embed --files`'s rules (hidden entries, globs,
     binary, empty and unreadable files skipped and counted in `counts`), so the files need not
-    be visible to the cluster's machines. Chunking happens in the actors.
+    be visible to the cluster's machines. Chunking happens in the actors. Each block holds one
+    actor call's worth of files, so small corpora spread over every actor too.
     """
     ray = require_ray()
     import pyarrow as pa
@@ -112,7 +112,7 @@ def read_files(paths: Sequence[str], *, include: Sequence[str] = (), exclude: Se
     files = TextFiles(paths, include=include, exclude=exclude, counts=counts)
     blocks = [pa.table({"path": [d.path if d.path == "-" else os.path.abspath(d.path) for d in block],
                         "text": [d.text for d in block]})
-              for block in _batched(files, FILES_PER_BLOCK)]
+              for block in _batched(files, DEFAULT_BATCH_ROWS)]
     if not blocks:
         raise UserError(f"nothing to embed: {files.counts.summary()}")
     return ray.data.from_arrow(blocks)
