@@ -12,17 +12,13 @@ from . import runtime
 from .catalog import resolve_model
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
-from .limits import MAX_INPUT_TOKENS, check_dim
+from .limits import MAX_INPUT_TOKENS, TruncationWarning, check_dim
 from .progress import progress_bar
 from .prompts import DEFAULT_INSTRUCTION, query_text
 from .runtime.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
 
 EOS_TOKEN = "<|endoftext|>"
 PROMPT_NAMES = ("query", "document")
-
-
-class TruncationWarning(UserWarning):
-    """Some inputs were longer than the token limit and were cut."""
 
 
 class Embedder:
@@ -50,6 +46,16 @@ class Embedder:
         self._threads = threads or runtime.default_threads()
         self._reuse_prefix = reuse_prefix  # False: every query decodes its instruction again
         self._runner: PooledRunner | None = None
+
+    @property
+    def loaded_model(self) -> runtime.LlamaModel:
+        """The llama.cpp model this embedder runs, for callers that run contexts of their own on it."""
+        return self._llama
+
+    @property
+    def runner(self) -> PooledRunner | None:
+        """The batching runner of the last encode (None before the first)."""
+        return self._runner
 
     def tokenize(self, text: str) -> tuple[list[int], bool]:
         """The ids the model sees for `text` (already prompt-formatted) and whether it was cut.
@@ -109,7 +115,7 @@ class Embedder:
 
         with progress_bar(total=len(sequences), enabled=show_progress, unit="text") as bar:
             vectors = self._runner_for(batch_tokens).run(
-                sequences, shared_prefix=self._instruction_prefix(instruction), progress=bar)
+                sequences, shared_prefix=self.instruction_prefix(instruction), progress=bar)
         if dim is not None:
             vectors = vectors[:, :dim]
         if normalize:
@@ -149,7 +155,7 @@ class Embedder:
             )
         return self._runner
 
-    def _instruction_prefix(self, instruction: str | None) -> list[int] | None:
+    def instruction_prefix(self, instruction: str | None) -> list[int] | None:
         """The tokens every query under `instruction` starts with, give or take the last one
         (BPE may merge "Query:" with the query's first characters); None for documents."""
         if instruction is None:

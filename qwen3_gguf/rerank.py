@@ -16,10 +16,9 @@ import numpy as np
 
 from . import runtime
 from .catalog import resolve_model
-from .embed import TruncationWarning
 from .errors import UserError
 from .gguf_file import read_model_file, require_kind
-from .limits import MAX_INPUT_TOKENS
+from .limits import MAX_INPUT_TOKENS, TruncationWarning
 from .progress import progress_bar
 from .prompts import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from .runtime.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQUENCES, PooledRunner
@@ -59,6 +58,16 @@ class Reranker:
             self._llama, pooling=runtime.POOLING_RANK, threads=threads or runtime.default_threads(),
             batch_tokens=batch_tokens, max_sequences=DEFAULT_MAX_SEQUENCES, reuse_prefix=reuse_prefix,
         )
+
+    @property
+    def loaded_model(self) -> runtime.LlamaModel:
+        """The llama.cpp model this reranker runs, for callers that run contexts of their own on it."""
+        return self._llama
+
+    @property
+    def runner(self) -> PooledRunner:
+        """The batching runner that scores the pairs."""
+        return self._runner
 
     def tokenize(self, query: str, document: str, instruction: str = DEFAULT_INSTRUCTION) -> tuple[list[int], bool]:
         """The prompt ids for one pair and whether the body was cut to fit (the suffix never is)."""

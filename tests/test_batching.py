@@ -66,7 +66,7 @@ def test_shared_prefix_is_the_common_token_prefix():
 
 def test_query_prefix_stops_where_bpe_merges_across_the_boundary(embedder_64):
     """"Query:" + "?" tokenizes as "Query" ":?" — the ":" is not shared with "Query:what"."""
-    hint = embedder_64._instruction_prefix("Find passages")
+    hint = embedder_64.instruction_prefix("Find passages")
     ids = [embedder_64.tokenize(f"Instruct: Find passages\nQuery:{q}")[0] for q in ("what", "?")]
     n = shared_prefix_length(ids, hint)
     assert ids[0][:n] == ids[1][:n] == hint[:n]
@@ -103,12 +103,12 @@ def test_context_grows_only_when_needed(embedding_gguf_64):
     rng = np.random.default_rng(0)
     short = [list(rng.integers(100, 1000, 20)) for _ in range(3)]
     runner.run(short)
-    first = runner._context
+    first = runner.context
     assert first.settings.n_ctx == MIN_PIECE_TOKENS and first.settings.flash_attn == FLASH_ATTENTION
     runner.run(short)
-    assert runner._context is first
+    assert runner.context is first
     runner.run([list(rng.integers(100, 1000, 1500))])
-    assert runner._context.settings.n_ctx == 2048
+    assert runner.context.settings.n_ctx == 2048
     runner.close()
     model.close()
 
@@ -131,7 +131,7 @@ TEXTS = [
 def test_results_do_not_depend_on_the_policy(embedder_64, embedding_oracle_64, max_sequences, batch_tokens,
                                              pack_tokens, flash_attn):
     expected = embedding_oracle_64.embed(TEXTS)
-    runner = PooledRunner(embedder_64._llama, pooling=POOLING_LAST, threads=1, batch_tokens=batch_tokens,
+    runner = PooledRunner(embedder_64.loaded_model, pooling=POOLING_LAST, threads=1, batch_tokens=batch_tokens,
                           max_sequences=max_sequences, pack_tokens=pack_tokens, flash_attn=flash_attn)
     got = runner.run(sequences_for(embedder_64, TEXTS))
     runner.close()
@@ -166,7 +166,7 @@ def test_pooling_here_matches_llama_cpp(kind, embedding_gguf_64, reranker_tied_g
     settings = runtime.ContextSettings(pooling=pooling, n_ctx=512, n_batch=512, n_seq_max=4, threads=1)
     ours = runtime.PooledContext(model, settings)
     theirs = runtime.PooledContext(model, settings, eval_callback=_watch_nothing)
-    assert ours._tap is not None and theirs._tap is None
+    assert ours.pools_here and not theirs.pools_here
     for pack in (sequences, sequences[:1], sequences[2:]):
         np.testing.assert_allclose(ours.pooled(pack), theirs.pooled(pack), rtol=0, atol=1e-6)
     ours.close()

@@ -274,7 +274,7 @@ def test_a_forty_thousand_token_document(embedding_gguf_64):
     """A huge input is tokenized whole, then cut to --max-tokens keeping the EOS (or refused)."""
     document = " ".join(f"w{i % 10}" for i in range(20_000))  # " w" and one digit: two tokens a word
     with Embedder(embedding_gguf_64, device="cpu", max_tokens=1024) as embedder:
-        assert len(embedder._llama.tokenize(document, special=False)) == 40_000
+        assert len(embedder.loaded_model.tokenize(document, special=False)) == 40_000
         ids, truncated = embedder.tokenize(document)
         assert truncated and len(ids) == 1024 and ids[-1] == 151643
         with pytest.warns(TruncationWarning):

@@ -31,6 +31,7 @@ from gguf import (
 )
 from gguf.quants import dequantize
 
+from qwen3_gguf.atomic import TEMPORARY_SUFFIX
 from qwen3_gguf.convert import ConversionResult, convert_checkpoint, detect_kind
 from qwen3_gguf.convert.hparams import Qwen3HParams
 from qwen3_gguf.convert.kind import decide_kind
@@ -173,7 +174,7 @@ def numpy_shape(tensor) -> tuple[int, ...]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(TEMPORARY_SUFFIX))
 
 
 # --- safetensors reader --------------------------------------------------------------------

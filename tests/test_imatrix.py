@@ -15,14 +15,8 @@ from gguf import GGUFReader, GGUFValueType
 from qwen3_gguf import UserError
 from qwen3_gguf.cli import cli
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
-from qwen3_gguf.quantization.imatrix import (
-    ImportanceMatrix,
-    collect_imatrix,
-    load_calibration,
-    read_imatrix,
-    reranker_sequences,
-    write_imatrix,
-)
+from qwen3_gguf.quantization.imatrix import collect_imatrix, load_calibration, reranker_sequences
+from qwen3_gguf.quantization.importance import ImportanceMatrix, read_imatrix, write_imatrix
 
 HF_PROJECTIONS = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

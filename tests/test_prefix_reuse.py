@@ -42,9 +42,9 @@ def plain_reranker(reranker_tied_gguf):
         yield reranker
 
 
-def held_prefix(runtime) -> list[int]:
-    runner = runtime._runner
-    return runner._context.prefix if runner is not None and runner._context is not None else []
+def held_prefix(front) -> list[int]:
+    runner = front.runner
+    return runner.context.prefix if runner is not None and runner.context is not None else []
 
 
 @pytest.mark.parametrize("instruction", [None, "Find code", LONG_INSTRUCTION],

@@ -21,8 +21,15 @@ from gguf import GGUFWriter
 from qwen3_gguf import Embedder, UserError, runtime
 from qwen3_gguf.cli import cli
 from qwen3_gguf.gguf_file import read_header, read_model_file
-from qwen3_gguf.quantization import load_recipe, parse_type, plan_quantization, quantize, recipe_names
-from qwen3_gguf.quantization.imatrix import ImportanceMatrix, write_imatrix
+from qwen3_gguf.quantization import (
+    ImportanceMatrix,
+    load_recipe,
+    parse_type,
+    plan_quantization,
+    quantize,
+    recipe_names,
+    write_imatrix,
+)
 from qwen3_gguf.quantization.types import FILE_TYPES, bits_per_weight
 
 TEXTS = [

@@ -254,7 +254,7 @@ def test_a_quantized_source_is_refused(sweep_dir, report, tmp_path):
 
 def test_a_folder_of_another_sweep_is_refused(sweep_dir, embedding_gguf_256, imatrix_256, tmp_path):
     """The quants in DIR were built with the collected imatrix: another one would mix two sweeps."""
-    from qwen3_gguf.quantization.imatrix import write_imatrix
+    from qwen3_gguf.quantization import write_imatrix
 
     out, _ = sweep_dir
     given = write_imatrix(imatrix_256.matrix, tmp_path / "other.gguf")

@@ -25,10 +25,6 @@ STRINGS = [
 ]
 
 
-def test_there_are_at_least_fifty_strings():
-    assert len(STRINGS) >= 50
-
-
 def test_embedding_tokenization_matches_hf(embedder_64, embedding_oracle_64):
     mismatches = []
     for text in STRINGS:

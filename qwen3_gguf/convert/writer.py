@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter
 
+from ..atomic import atomic_path
 from ..errors import UserError
 from ..progress import progress_bar
 from .metadata import ARCHITECTURE
@@ -41,31 +40,24 @@ def write_gguf(
     """
     total_bytes = sum(tensor.nbytes for tensor in tensors)
     _check_free_space(out, total_bytes + METADATA_ALLOWANCE)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    writer = GGUFWriter(partial, arch=ARCHITECTURE)
-    try:
-        add_metadata(writer)
-        for tensor in tensors:
-            writer.add_tensor_info(
-                tensor.name, tensor.byte_shape, np.dtype(np.uint8), tensor.nbytes, tensor.type
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        with progress_bar(total=total_bytes, enabled=progress, unit="B", desc="Converting") as bar:
+    with atomic_path(out) as partial:
+        writer = GGUFWriter(partial, arch=ARCHITECTURE)
+        try:
+            add_metadata(writer)
             for tensor in tensors:
-                writer.write_tensor_data(tensor.encode())
-                if bar is not None:
-                    bar.update(tensor.nbytes)
-        writer.close()
-        os.replace(partial, out)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing {out}; nothing was written") from None
-        raise
-    finally:
-        writer.close()
-        partial.unlink(missing_ok=True)
+                writer.add_tensor_info(
+                    tensor.name, tensor.byte_shape, np.dtype(np.uint8), tensor.nbytes, tensor.type
+                )
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            with progress_bar(total=total_bytes, enabled=progress, unit="B", desc="Converting") as bar:
+                for tensor in tensors:
+                    writer.write_tensor_data(tensor.encode())
+                    if bar is not None:
+                        bar.update(tensor.nbytes)
+        finally:
+            writer.close()
 
 
 def _check_free_space(out: Path, needed: int) -> None:

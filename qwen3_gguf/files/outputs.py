@@ -9,7 +9,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-import os
 import struct
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import IO
 
 import numpy as np
 
+from ..atomic import atomic_paths
 from ..errors import UserError
 from .chunking import Chunk
 
@@ -59,27 +59,20 @@ def open_output(path: Path | None, fmt: str) -> Iterator[_Writer]:
     if path is None:
         yield _JsonlWriter(sys.stdout)
         return
-    targets = [path, sidecar_path(path)] if fmt == "npy" else [path]
-    temporaries = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in targets]
+    targets = [path, sidecar_path(path)] if fmt == "npy" else [path]  # the .npy appears last
     writer: _Writer | None = None
-    try:
-        with _cannot_write(path):
+    with _cannot_write(path), atomic_paths(*targets) as temporaries:
+        try:
             if fmt == "jsonl":
                 writer = _JsonlWriter(open(temporaries[0], "w", encoding="utf-8"))
             elif fmt == "npy":
                 writer = _NpyWriter(temporaries[0], temporaries[1])
             else:
                 writer = _ParquetWriter(temporaries[0])
-        yield writer
-        with _cannot_write(path):
-            writer.close()
-            for temporary, target in zip(reversed(temporaries), reversed(targets)):  # the .npy last
-                os.replace(temporary, target)
-    finally:
-        if writer is not None:
-            writer.close()
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+            yield writer
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 @contextlib.contextmanager

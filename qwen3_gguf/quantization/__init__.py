@@ -7,7 +7,8 @@ the importance matrix on calibration text (text_records reads it). sweep builds 
 quants and measures them (evaluation runs the models, fidelity compares, report writes tables).
 """
 
-from .imatrix import ImportanceMatrix, collect_imatrix, load_calibration, read_imatrix, write_imatrix
+from .imatrix import collect_imatrix, load_calibration
+from .importance import ImportanceMatrix, read_imatrix, write_imatrix
 from .plan import QuantPlan, plan_quantization
 from .quantizer import QuantizeResult, quantize
 from .recipes import load_recipe, parse_type, recipe_names

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..data import eval_file
 from ..errors import UserError
 from ..prompts import DEFAULT_INSTRUCTION, query_text
@@ -87,10 +88,9 @@ class ModelOutputs:
     def save(self, path: Path) -> None:
         """Store as .npz (written under a temporary name, then renamed)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, load_s=self.load_s, tokens=self.tokens, seconds=self.seconds,
-                 **{f"output_{name}": values for name, values in self.outputs.items()})
-        partial.replace(path)
+        with atomic_path(path) as partial, partial.open("wb") as file:
+            np.savez(file, load_s=self.load_s, tokens=self.tokens, seconds=self.seconds,
+                     **{f"output_{name}": values for name, values in self.outputs.items()})
 
     @classmethod
     def load(cls, path: Path) -> ModelOutputs:
@@ -102,7 +102,8 @@ class ModelOutputs:
 
 def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threads: int | None) -> ModelOutputs:
     """Run the evaluation set through `path` as the runtime does for users."""
-    from ..embed import Embedder, TruncationWarning
+    from ..embed import Embedder
+    from ..limits import TruncationWarning
     from ..rerank import Reranker
 
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import UserError
 from ..gguf_file import ModelFile, TensorInfo, read_header, read_model_file
 from ..tensor_names import OUTPUT, TOKEN_EMBEDDING
-from .imatrix import ImportanceMatrix
+from .importance import ImportanceMatrix
 from .llama_choice import ModelFacts, fit_rows, llama_choice, quantizable
 from .recipes import Recipe, RecipeBook, Rule, load_recipe, parse_type, recipe_book
 from .types import NEEDS_IMATRIX, UNQUANTIZED, FileType, QuantType, bits_per_weight, tensor_type

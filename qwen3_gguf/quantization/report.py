@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from ..atomic import atomic_path, write_text_atomically
 from .sweep import SweepFile, SweepResult
 
 MIB = 1 << 20
@@ -37,8 +38,8 @@ def pareto_rows(result: SweepResult) -> set[str]:
 def write_reports(result: SweepResult, out_dir: Path) -> tuple[list[Path], str | None]:
     """Write the report files; returns them and, if the plot was skipped, why."""
     front = pareto_rows(result)
-    written = [_write(out_dir / "report.json", json.dumps(_as_json(result, front), indent=2) + "\n"),
-               _write(out_dir / "report.md", markdown(result, front))]
+    written = [write_text_atomically(out_dir / "report.json", json.dumps(_as_json(result, front), indent=2) + "\n"),
+               write_text_atomically(out_dir / "report.md", markdown(result, front))]
     try:
         import matplotlib
     except ImportError:
@@ -46,13 +47,6 @@ def write_reports(result: SweepResult, out_dir: Path) -> tuple[list[Path], str |
     matplotlib.use("Agg")
     written.append(_plot(result, front, out_dir / "pareto.png"))
     return written, None
-
-
-def _write(path: Path, text: str) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path
 
 
 def _sorted_rows(result: SweepResult) -> list[SweepFile]:
@@ -155,8 +149,7 @@ def _plot(result: SweepResult, front: set[str], path: Path) -> Path:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format="png")
     plt.close(figure)
-    partial.replace(path)
     return path

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_text_atomically
 from ..errors import UserError
 from ..gguf_file import read_model_file
 from ..limits import MIN_MRL_DIM
@@ -227,7 +228,8 @@ def _converted_reference(src: Path, out_dir: Path, precision: str, say) -> Sweep
 
 def _importance_matrix(reference: Path, out_dir: Path, settings: SweepSettings, say, verbose: bool):
     """The imatrix every quant of the sweep uses, and a line saying where it came from."""
-    from .imatrix import collect_imatrix, read_imatrix, write_imatrix
+    from .imatrix import collect_imatrix
+    from .importance import read_imatrix, write_imatrix
 
     if settings.imatrix is not None:
         say(f"imatrix {settings.imatrix}")
@@ -261,9 +263,7 @@ def _check_manifest(out_dir: Path, src: Path, reference: Path, imatrix_note: str
             raise UserError(f"{out_dir} holds a sweep with another {key} ({recorded.get(key)!r}, now "
                             f"{wanted[key]!r}); choose another -o folder or empty this one")
         return
-    partial = manifest.with_name(manifest.name + ".partial")
-    partial.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
-    partial.replace(manifest)
+    write_text_atomically(manifest, json.dumps(wanted, indent=2) + "\n")
 
 
 def _build(reference: Path, out_dir: Path, type_name: str, recipe: str, matrix, earlier: list[SweepFile],

@@ -87,6 +87,11 @@ class PooledRunner:
         self.n_out = model.n_cls_out if pooling == POOLING_RANK else model.n_embd
         self._context: PooledContext | None = None
 
+    @property
+    def context(self) -> PooledContext | None:
+        """The context the last run used (None before the first run)."""
+        return self._context
+
     def run(self, sequences: Sequence[list[int]], *, shared_prefix: Sequence[int] | None = None,
             progress=None) -> np.ndarray:
         """Pooled output for each sequence; `progress` (a tqdm bar or None) advances per input.

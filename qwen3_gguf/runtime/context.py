@@ -141,6 +141,11 @@ class PooledContext:
         self._min_rows = FA_TILE_ROWS if settings.flash_attn else 1
         self.prefix: list[int] = []  # tokens whose KV sequence 0 holds
 
+    @property
+    def pools_here(self) -> bool:
+        """True when this context reads the pooled rows itself (its own eval callback), not llama.cpp."""
+        return self._tap is not None
+
     def hold_prefix(self, tokens: Sequence[int]) -> None:
         """Keep the KV of `tokens` in sequence 0; pooled() inputs then continue after them.
 
