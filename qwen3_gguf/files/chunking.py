@@ -1,4 +1,9 @@
-"""Cutting a document into token-bounded chunks with exact character offsets into the original text."""
+"""Cutting a document into token-bounded chunks with exact character offsets into the original text.
+
+Chunk offsets are character offsets into the file's decoded text, so `text[start:end]` is the
+chunk. Cuts fall where a token starts on a character boundary, preferably at whitespace, and
+where Unicode NFC normalization (which the tokenizer applies) cannot join the two sides.
+"""
 
 from __future__ import annotations
 

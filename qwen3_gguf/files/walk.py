@@ -1,14 +1,10 @@
-"""Files in: walk paths for text files, split them into token chunks, embed them in batches.
+"""Walking paths for text files: what a folder walk yields, skips and counts.
 
 The walk streams: folders are listed one at a time and each file is read only when its turn
 comes, so a folder of 10,000 files starts embedding at once and holds one file in memory.
 Binary files (NUL bytes), empty files and unreadable files are skipped and counted; invalid
 UTF-8 is replaced and counted; symlinks are followed, and a folder reached twice (a symlink
 loop) is skipped.
-
-Chunk offsets are character offsets into the file's decoded text, so `text[start:end]` is the
-chunk. Cuts fall where a token starts on a character boundary, preferably at whitespace, and
-where Unicode NFC normalization (which the tokenizer applies) cannot join the two sides.
 """
 
 from __future__ import annotations
