@@ -70,6 +70,18 @@ max_tokens_option = click.option("--max-tokens", type=click.IntRange(min=1), def
                                  show_default=True, help="Longer inputs are truncated (keeping the EOS).")
 
 
+def embedding_options(command):
+    """How texts are embedded: as queries (--query, --instruction) and at which Matryoshka --dim."""
+    for option in reversed([
+        click.option("--query", "as_query", is_flag=True,
+                     help="Embed as search queries (with the default retrieval instruction)."),
+        click.option("--instruction", help="Embed as queries with this task description."),
+        click.option("--dim", type=int, help="Keep the first DIM Matryoshka dimensions (renormalized)."),
+    ]):
+        command = option(command)
+    return command
+
+
 def runtime_options(command):
     """--device and --threads, in that order."""
     return device_option(threads_option(command))

@@ -7,16 +7,21 @@ import json
 import click
 
 from ..catalog import default_embedding_model
-from ._common import AppState, max_tokens_option, model_option, one_line, runtime_options, stdin_lines
+from ._common import (
+    AppState,
+    embedding_options,
+    max_tokens_option,
+    model_option,
+    one_line,
+    runtime_options,
+    stdin_lines,
+)
 
 
 @click.command()
 @click.argument("texts", nargs=-1)
 @model_option(default=default_embedding_model())
-@click.option("--query", "as_query", is_flag=True,
-              help="Embed the texts as search queries (with the default retrieval instruction).")
-@click.option("--instruction", help="Embed the texts as queries with this task description.")
-@click.option("--dim", type=int, help="Keep the first DIM Matryoshka dimensions (renormalized).")
+@embedding_options
 @max_tokens_option
 @click.option("--no-truncate", is_flag=True, help="Fail on a text over --max-tokens instead of truncating it.")
 @runtime_options

@@ -12,7 +12,7 @@ from ..catalog import default_embedding_model
 from ..errors import UserError
 from ..files.outputs import FORMATS
 from ..files.walk import DEFAULT_CHUNK_TOKENS
-from ._common import AppState, max_tokens_option, model_option, rate, runtime_options, token_progress
+from ._common import AppState, embedding_options, max_tokens_option, model_option, rate, runtime_options, token_progress
 
 ENGINES = ("local", "ray")
 
@@ -20,10 +20,7 @@ ENGINES = ("local", "ray")
 @click.command("embed-files")
 @click.argument("paths", nargs=-1, required=True)
 @model_option(default=default_embedding_model())
-@click.option("--query", "as_query", is_flag=True,
-              help="Embed the chunks as search queries (with the default retrieval instruction).")
-@click.option("--instruction", help="Embed the chunks as queries with this task description.")
-@click.option("--dim", type=int, help="Keep the first DIM Matryoshka dimensions (renormalized).")
+@embedding_options
 @max_tokens_option
 @click.option("--no-truncate", is_flag=True, help="Fail on a chunk over --max-tokens instead of truncating it.")
 @click.option("--glob", "include", multiple=True, metavar="PATTERN",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -10,11 +9,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..gguf_file import TensorInfo
 from ..tensor_names import OUTPUT, TOKEN_EMBEDDING
 from .types import FileType
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on Python 3.10 only
-    pass
 
 Q = GGMLQuantizationType
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,6 @@ from .importance import ImportanceMatrix
 from .llama_choice import ModelFacts, fit_rows, llama_choice, quantizable
 from .recipes import Recipe, RecipeBook, Rule, load_recipe, parse_type, recipe_book
 from .types import NEEDS_IMATRIX, UNQUANTIZED, FileType, QuantType, bits_per_weight, tensor_type
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on Python 3.10 only
-    pass
 
 Q = GGMLQuantizationType
 

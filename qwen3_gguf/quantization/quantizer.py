@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from gguf import GGMLQuantizationType
 
 from ..atomic import temporary_path_for
 from ..errors import UserError
@@ -17,13 +14,6 @@ from ..progress import progress_bar
 from ..runtime import default_threads
 from .llama_quantize import QuantizeJob, run_quantize
 from .plan import QuantPlan
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on Python 3.10 only
-    pass
-
-Q = GGMLQuantizationType
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-Q = GGMLQuantizationType
-
-
 @dataclass(frozen=True)
 class Rule:
     """One recipe rule: tensors whose name matches `pattern` (searched) get `type`, the hybrid's
