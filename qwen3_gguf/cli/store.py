@@ -51,7 +51,7 @@ def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_toke
                     verbose=obj.verbose, on_wait=lambda message: click.echo(message, err=True)) as collection:
         notes = []
         for source in imports:
-            added = collection.add(read_records(source), model=model)
+            added = collection.add(read_records(source), model=model, written_at=source.stat().st_mtime)
             notes.append(f"imported {added.chunks} chunks of {added.documents} files from {source} "
                          f"({added.verified} match the files on disk)")
         if paths:

@@ -5,41 +5,56 @@
     for hit in collection.search("how do I quantize?", k=5):
         print(hit.path, hit.chunk, hit.score)
 
-Tables: `documents` (path, mtime, size, content hash), `chunks` (text, character offsets,
-float32 vector), and `collection` (the model, quant, dim and query instruction the vectors were
-made with; a different model or dim is refused). Each batch of documents is committed as one
-transaction, so an interrupted run keeps every finished batch and the next run goes on.
+The database is the source of truth. Tables: `documents` (path, mtime, size, content hash),
+`chunks` (text, character offsets, float32 vector), `collection` (the model, quant, dim and query
+instruction the vectors were made with; a different model or dim is refused) and `generation` (a
+counter that triggers raise on every change to `chunks`). Its schema version is PRAGMA
+user_version; older versions are migrated when a collection is opened for writing.
+
+Searching reads the vectors from a memory-mapped matrix file beside the database (see
+`vectors.py`), kept in step through the generation counter: a missing or stale file costs time,
+never correctness.
+
+Writes: each batch of documents is one transaction, so an interrupted run keeps every finished
+batch and the next run goes on. One process writes at a time: a second `index` waits for the
+first (an advisory lock on `<db>.lock`) and then finds its files already done. The database is in
+WAL mode, so searches read the last committed state while an index runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..catalog import default_embedding_model, is_model_path
+from ..catalog import cached_path, default_embedding_model, is_model_path, lookup
 from ..errors import UserError
 from ..limits import check_dim
 from ..prompts import DEFAULT_INSTRUCTION
 from .chunking import Chunker
 from .embedding import EmbeddedBatch, embed_documents
+from .vectors import Snapshot, VectorFile, matrix_path, nearest
 from .walk import DEFAULT_CHUNK_TOKENS, Counts, TextFiles
 
+SCHEMA_VERSION = 1
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS collection (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
+CREATE TABLE collection (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE documents (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL UNIQUE,
     mtime REAL NOT NULL,
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     document_id INTEGER NOT NULL REFERENCES documents(id),
     chunk INTEGER NOT NULL,
     char_start INTEGER NOT NULL,
@@ -47,9 +62,20 @@ CREATE TABLE IF NOT EXISTS chunks (
     text TEXT NOT NULL,
     vector BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
 """
-SCORE_BLOCK_ROWS = 8192     # vectors scored per numpy product during search
+# Added by version 1 (and so part of a new collection too). Chunk ids are never reused
+# (AUTOINCREMENT), so an id names one vector forever and the matrix file can be brought up to date
+# by ids alone.
+GENERATION = """
+CREATE UNIQUE INDEX chunks_by_document ON chunks(document_id, chunk);
+CREATE TABLE generation (value INTEGER NOT NULL);
+INSERT INTO generation VALUES (0);
+CREATE TRIGGER chunk_added AFTER INSERT ON chunks BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN UPDATE generation SET value = value + 1; END;
+"""
+BUSY_TIMEOUT_S = 60         # a reader or writer waits this long for another's commit
+IMPORT_BATCH_RECORDS = 2048  # records committed per transaction by `add`
+FETCH_IDS = 10_000          # chunk ids per SELECT when vectors are read from the database
 DEFAULT_RERANK_TOP = 50
 
 
@@ -72,22 +98,34 @@ class IndexReport:
     pruned: int = 0         # files gone from disk (with prune=True) or now empty or binary
 
 
+@dataclass
+class AddReport:
+    documents: int = 0      # documents written (new, or replaced by the imported chunks)
+    chunks: int = 0
+    verified: int = 0       # documents whose file on disk still holds the imported text
+
+
 class Collection:
     """Embedded files in an SQLite database, searchable by meaning.
 
     `model` is a GGUF path or catalog name; for an existing collection it defaults to the one
     the collection was built with. Pass `embedder` to use an Embedder you already have.
+    `on_wait` is told (one line) when another process is writing and this one waits for it.
     """
 
     def __init__(self, path: str | Path, *, model: str | Path | None = None, embedder=None,
                  dim: int | None = None, instruction: str | None = None, create: bool = True,
-                 device: str = "auto", threads: int | None = None, verbose: bool = False):
+                 device: str = "auto", threads: int | None = None, verbose: bool = False,
+                 on_wait: Callable[[str], None] | None = None):
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise UserError(f"no collection at {self.path}; build one with: qwen3-gguf index PATH... --db {self.path}")
         self._created = not self.path.exists()  # a new file is removed again if indexing fails
+        self._on_wait = on_wait
+        self._vector_file: VectorFile | None = None
+        self._vector_file_stat: tuple | None = None
         try:
-            self._db = sqlite3.connect(self.path)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.metadata = self._open_schema()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable SQLite database: {exc}") from None
@@ -137,37 +175,78 @@ class Collection:
             raise UserError("the index tracks files by path; stdin (-) cannot be indexed")
         report = IndexReport()
         files = TextFiles(paths, include=include, exclude=exclude, counts=report.counts)
-        embedder = self.embedder
-        chunker = Chunker(embedder, chunk_tokens, overlap)
+        with self._writing():
+            embedder = self.embedder
+            chunker = Chunker(embedder, chunk_tokens, overlap)
 
-        def changed():
-            for document in files:
-                if self._stored_hash(document.path) == document.sha256:
-                    report.unchanged += 1
-                else:
-                    yield document
+            def changed():
+                for document in files:
+                    if self._stored_hash(document.path) == document.sha256:
+                        report.unchanged += 1
+                    else:
+                        yield document
 
-        for batch in embed_documents(embedder, changed(), chunker, dim=self.dim, counts=report.counts):
-            self._store(batch)
-            report.embedded += len(batch.documents)
-            if on_batch is not None:
-                on_batch(batch, report)
-        report.pruned = self._forget([os.path.abspath(p) for p in files.no_text])
-        if prune:
-            report.pruned += self.prune()
+            for batch in embed_documents(embedder, changed(), chunker, dim=self.dim, counts=report.counts):
+                self._store(batch)
+                report.embedded += len(batch.documents)
+                if on_batch is not None:
+                    on_batch(batch, report)
+            report.pruned = self._forget([os.path.abspath(p) for p in files.no_text])
+            if prune:
+                report.pruned += self._forget(self._missing_files())
+            self._write_vector_file()
         return report
 
     def prune(self) -> int:
         """Forget documents whose files no longer exist; returns how many."""
-        return self._forget([path for (path,) in self._db.execute("SELECT path FROM documents")
-                             if not os.path.isfile(path)])
+        with self._writing():
+            pruned = self._forget(self._missing_files())
+            self._write_vector_file()
+        return pruned
+
+    def add(self, records: Iterable[Mapping], *, model: str | None = None,
+            written_at: float | None = None) -> AddReport:
+        """Store chunks embedded elsewhere: dicts with path, chunk, start, end, vector, and text and model
+        when known (as `embed-files` and `read_records` give them).
+
+        Chunks of a path replace what the collection held for it. Without `text`, the chunk's text
+        is read from the file (`text[start:end]`). Records name their model in `model`, or the
+        `model` argument does; a model or dim other than the collection's is refused. A document
+        whose file on disk still holds the imported text counts as indexed (`index` skips it);
+        others are re-embedded if `index` is later given their path. Records without text can
+        only be checked by time: a file modified after `written_at` (when the records were
+        written) does not count as indexed. Vectors are stored normalized to unit length.
+        """
+        report = AddReport()
+        with self._writing():
+            written: dict[str, int] = {}  # path → document id, for paths met again later in `records`
+            accepted: set[tuple] = set()  # (model, dim) pairs checked already
+            batch: list[dict] = []
+            for record in records:
+                made_by = (record.get("model") or model, len(record["vector"]))
+                if made_by not in accepted:
+                    self._adopt_record_model(*made_by)
+                    accepted.add(made_by)
+                batch.append(record)
+                if len(batch) >= IMPORT_BATCH_RECORDS:
+                    self._store_records(batch, written, written_at, report)
+                    batch = []
+            if batch:
+                self._store_records(batch, written, written_at, report)
+            if report.chunks:
+                self._write_vector_file()
+        return report
+
+    def _missing_files(self) -> list[str]:
+        return [path for (path,) in self._db.execute("SELECT path FROM documents") if not os.path.isfile(path)]
 
     def _forget(self, paths: Sequence[str]) -> int:
         """Delete the documents stored under `paths` and their chunks; returns how many there were."""
         gone = [row for path in paths for row in self._db.execute("SELECT id FROM documents WHERE path = ?", (path,))]
-        with self._db:
-            self._db.executemany("DELETE FROM chunks WHERE document_id = ?", gone)
-            self._db.executemany("DELETE FROM documents WHERE id = ?", gone)
+        if gone:
+            with self._transaction():
+                self._db.executemany("DELETE FROM chunks WHERE document_id = ?", gone)
+                self._db.executemany("DELETE FROM documents WHERE id = ?", gone)
         return len(gone)
 
     def _stored_hash(self, path: str) -> str | None:
@@ -176,61 +255,105 @@ class Collection:
 
     def _store(self, batch: EmbeddedBatch) -> None:
         """Replace the batch's documents and their chunks in one transaction."""
-        with self._db:
-            ids = {}
-            for document in batch.documents:
-                path = os.path.abspath(document.path)
-                old = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
-                if old:
-                    self._db.execute("DELETE FROM chunks WHERE document_id = ?", old)
-                    self._db.execute("DELETE FROM documents WHERE id = ?", old)
-                ids[document.path] = self._db.execute(
-                    "INSERT INTO documents (path, mtime, size, sha256) VALUES (?, ?, ?, ?)",
-                    (path, document.mtime, document.size, document.sha256),
-                ).lastrowid
+        with self._transaction():
+            ids = {document.path: self._replace_document(os.path.abspath(document.path), document.mtime,
+                                                         document.size, document.sha256)
+                   for document in batch.documents}
             self._db.executemany(
                 "INSERT INTO chunks (document_id, chunk, char_start, char_end, text, vector) VALUES (?, ?, ?, ?, ?, ?)",
                 [(ids[c.path], c.index, c.start, c.end, c.text, np.asarray(v, dtype="<f4").tobytes())
                  for c, v in zip(batch.chunks, batch.vectors)],
             )
 
+    def _replace_document(self, path: str, mtime: float, size: int, sha256: str) -> int:
+        old = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
+        if old:
+            self._db.execute("DELETE FROM chunks WHERE document_id = ?", old)
+            self._db.execute("DELETE FROM documents WHERE id = ?", old)
+        return self._db.execute("INSERT INTO documents (path, mtime, size, sha256) VALUES (?, ?, ?, ?)",
+                                (path, mtime, size, sha256)).lastrowid
+
+    def _store_records(self, batch: list[dict], written: dict[str, int], written_at: float | None,
+                       report: AddReport) -> None:
+        by_path: dict[str, list[dict]] = {}
+        for record in batch:
+            by_path.setdefault(os.path.abspath(record["path"]), []).append(record)
+        rows = []
+        with self._transaction():
+            for path, records in by_path.items():
+                texts, fingerprint = _texts_of(path, records, written_at)
+                if path not in written:
+                    written[path] = self._replace_document(path, *fingerprint)
+                    report.documents += 1
+                    report.verified += bool(fingerprint[2])
+                elif not fingerprint[2]:
+                    self._db.execute("UPDATE documents SET sha256 = '' WHERE id = ?", (written[path],))
+                for record, text in zip(records, texts):
+                    vector = np.asarray(record["vector"], dtype=np.float32)
+                    norm = float(np.linalg.norm(vector))
+                    if norm == 0:
+                        raise UserError(f"the vector of {path}#{record['chunk']} is all zeros")
+                    rows.append((written[path], record["chunk"], record["start"], record["end"], text,
+                                 (vector / norm).astype("<f4").tobytes()))
+            try:
+                self._db.executemany("INSERT INTO chunks (document_id, chunk, char_start, char_end, text, vector) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            except sqlite3.IntegrityError:
+                raise UserError("the records hold the same chunk of a file twice") from None
+        report.chunks += len(rows)
+
     # --- searching -------------------------------------------------------------------------------
 
-    def search(self, query: str, *, k: int = 10, use_instruction: bool = True, instruction: str | None = None,
-               reranker=None, rerank_top: int = DEFAULT_RERANK_TOP) -> list[SearchHit]:
+    def search(self, query: str | None = None, *, vector=None, k: int = 10, use_instruction: bool = True,
+               instruction: str | None = None, reranker=None, rerank_top: int = DEFAULT_RERANK_TOP,
+               path_glob: str | None = None, min_score: float | None = None) -> list[SearchHit]:
         """The k chunks closest to `query` by cosine, or the best k of the closest `rerank_top`
         as scored by `reranker`. The query is embedded with the collection's instruction (or
-        `instruction`), or as plain text with `use_instruction=False`."""
+        `instruction`), or as plain text with `use_instruction=False`; or give a ready `vector`
+        (normalized here) instead of a query.
+
+        `path_glob` keeps chunks of files whose absolute path matches it (a pattern not starting
+        with / or * may match at any folder depth); `min_score` drops hits scoring below it.
+        """
         if k < 1 or rerank_top < 1:
             raise UserError("k and rerank_top must be at least 1")
-        if not len(self):
+        if (query is None) == (vector is None):
+            raise UserError("search takes a query text or a vector, one of the two")
+        if reranker is not None and query is None:
+            raise UserError("reranking needs the query text, not only its vector")
+        if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM chunks)").fetchone()[0]:
             raise UserError(f"the collection {self.path} is empty; index some files first")
-        instruction = (instruction or self.instruction) if use_instruction else None
-        vector = self.embedder.encode(query, instruction=instruction, dim=self.dim)
+        if vector is None:
+            instruction = (instruction or self.instruction) if use_instruction else None
+            vector = self.embedder.encode(query, instruction=instruction, dim=self.dim)
+        vector = self._query_vector(vector)
         n_candidates = max(k, rerank_top) if reranker is not None else k
-        candidates = self._nearest(vector, n_candidates)
-        hits = [self._hit(chunk_id, cosine) for chunk_id, cosine in candidates]
-        if reranker is None:
-            return hits
-        scores = reranker.score(query, [h.text for h in hits], instruction=instruction)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [replace(hits[i], score=float(scores[i])) for i in order]
+        self._refresh_vector_file_if_free()
+        with self._snapshot() as snapshot:
+            allowed = self._chunks_under(path_glob) if path_glob else None
+            scored = nearest(vector, n_candidates, snapshot, self._vector_file, self._fetch_vectors, allowed)
+            hits = [self._hit(int(chunk_id), float(score)) for chunk_id, score in zip(scored.ids, scored.scores)]
+        if reranker is not None and hits:
+            scores = reranker.score(query, [h.text for h in hits], instruction=instruction)
+            order = np.argsort(-scores, kind="stable")[:k]
+            hits = [replace(hits[i], score=float(scores[i])) for i in order]
+        return [hit for hit in hits if min_score is None or hit.score >= min_score]
 
-    def _nearest(self, query: np.ndarray, n: int) -> list[tuple[int, float]]:
-        """(chunk id, cosine) of the n stored vectors closest to `query`, best first."""
-        best_ids = np.empty(0, dtype=np.int64)
-        best_scores = np.empty(0, dtype=np.float32)
-        cursor = self._db.execute("SELECT id, vector FROM chunks")
-        while rows := cursor.fetchmany(SCORE_BLOCK_ROWS):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-            best_ids = np.concatenate([best_ids, ids])
-            best_scores = np.concatenate([best_scores, vectors @ query])
-            if len(best_ids) > n:
-                keep = np.argpartition(-best_scores, n)[:n]
-                best_ids, best_scores = best_ids[keep], best_scores[keep]
-        order = np.argsort(-best_scores, kind="stable")
-        return [(int(best_ids[i]), float(best_scores[i])) for i in order]
+    def _query_vector(self, vector) -> np.ndarray:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self.dim is not None and len(vector) != self.dim:
+            raise UserError(f"the query vector has {len(vector)} dimensions; {self.path} holds {self.dim}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise UserError("the query vector must be finite and not all zeros")
+        return vector / norm
+
+    def _chunks_under(self, pattern: str) -> np.ndarray:
+        if not pattern.startswith(("/", "*")):
+            pattern = "*/" + pattern
+        ids = self._db.execute("SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                               "WHERE d.path GLOB ?", (pattern,))
+        return np.fromiter((row[0] for row in ids), dtype=np.int64)
 
     def _hit(self, chunk_id: int, cosine: float) -> SearchHit:
         path, chunk, start, end, text = self._db.execute(
@@ -238,15 +361,165 @@ class Collection:
             "JOIN documents d ON d.id = c.document_id WHERE c.id = ?", (chunk_id,)).fetchone()
         return SearchHit(path, chunk, start, end, text, cosine, cosine)
 
-    # --- the collection's model ------------------------------------------------------------------
+    # --- the vector file -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Snapshot]:
+        """The generation and chunk ids, read in one transaction that lasts the block."""
+        self._db.execute("BEGIN")
+        try:
+            generation, file = self._current_vector_file()
+            if file is not None:
+                ids = np.asarray(file.ids)
+            else:
+                ids = np.fromiter((row[0] for row in self._db.execute("SELECT id FROM chunks ORDER BY id")),
+                                  dtype=np.int64)
+            yield Snapshot(generation, ids)
+        finally:
+            self._db.execute("COMMIT")
+
+    def _current_vector_file(self) -> tuple[int, VectorFile | None]:
+        """The database's generation, and the matrix file if it is of that generation (else None)."""
+        generation, last_id = self._db.execute(
+            "SELECT (SELECT value FROM generation), (SELECT coalesce(max(id), -1) FROM chunks)").fetchone()
+        file = self._open_vector_file()
+        last_in_file = int(file.ids[-1]) if file is not None and len(file.ids) else -1
+        current = file is not None and file.generation == generation and last_in_file == last_id
+        return generation, file if current else None
+
+    def _open_vector_file(self) -> VectorFile | None:
+        """The matrix file, reopened when it was replaced since it was last opened."""
+        path = matrix_path(self.path)
+        try:
+            stat = os.stat(path)
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            key = None
+        if key != self._vector_file_stat:
+            self._vector_file = VectorFile.open(path, self._instance) if key else None
+            self._vector_file_stat = key
+        return self._vector_file
+
+    def _fetch_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of chunk `ids`, in that order (inside the caller's transaction)."""
+        rows = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(ids), FETCH_IDS):
+            part = ids[start:start + FETCH_IDS].tolist()
+            found = dict(self._db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                                          part))
+            rows[start:start + len(part)] = np.frombuffer(b"".join(found[i] for i in part),
+                                                          dtype="<f4").reshape(len(part), -1)
+        return rows
+
+    def _write_vector_file(self) -> None:
+        """Bring the matrix file to the database's current generation (the caller holds the writer lock)."""
+        if self.dim is None or self._current_vector_file()[1] is not None:
+            return
+        target = matrix_path(self.path)
+        try:
+            with self._snapshot() as snapshot:
+                VectorFile.write(target, self._instance, snapshot, self.dim, self._open_vector_file(),
+                                 self._fetch_vectors)
+        except OSError as exc:
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}; the database is complete, "
+                            "and search reads its vectors from it until the file can be written") from None
+
+    def _refresh_vector_file_if_free(self) -> None:
+        """Before a search: write a stale or missing matrix file, unless a writer is busy (then the
+        search reads the difference from the database) or the folder is read-only."""
+        if self.dim is None or self._current_vector_file()[1] is not None:
+            return
+        with contextlib.suppress(UserError, OSError), self._writing(wait=False) as free:
+            if free:
+                self._write_vector_file()
+
+    # --- writing safely --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the collection's writer lock for the block (yields False without `wait` when it is taken)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise UserError(f"cannot write {self.path}: the file is read-only")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {exc.strerror} ({lock_path})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                if self._on_wait is not None:
+                    self._on_wait(f"another process is writing {self.path}; waiting for it to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self.metadata = dict(self._db.execute("SELECT key, value FROM collection"))  # as the last writer left it
+            self._check_settings(self._dim, self._instruction)
+            yield True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction; a failure rolls it back whole and a failed write is a UserError."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise UserError(f"cannot write {self.path}: {exc}; the change was rolled back") from None
+
+    # --- schema ----------------------------------------------------------------------------------
 
     def _open_schema(self) -> dict[str, str]:
+        version = self._schema_version()
+        if version is None or version < SCHEMA_VERSION:
+            if version is not None and not os.access(self.path, os.W_OK):
+                raise UserError(f"{self.path} is a collection of an older qwen3-gguf and read-only; "
+                                "make it writable once so that it can be upgraded")
+            with self._transaction():   # another process may have created or upgraded it meanwhile
+                self._upgrade(self._schema_version())
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only database keeps its journal mode
+            self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")      # in WAL mode: durable across process crashes
+        return dict(self._db.execute("SELECT key, value FROM collection"))
+
+    def _schema_version(self) -> int | None:
+        """The collection's schema version; None for a new, empty database."""
         tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and "collection" not in tables:
             raise UserError(f"{self.path} is an SQLite database but not a qwen3-gguf collection")
-        with self._db:
-            self._db.executescript(SCHEMA)
-        return dict(self._db.execute("SELECT key, value FROM collection"))
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{self.path} was written by a newer qwen3-gguf (collection schema {version}; "
+                            f"this one reads up to {SCHEMA_VERSION}); upgrade qwen3-gguf")
+        return version if tables else None
+
+    def _upgrade(self, version: int | None) -> None:
+        """Create the schema (version None) or migrate it to SCHEMA_VERSION (inside the caller's transaction)."""
+        steps = [SCHEMA, GENERATION] if version is None else MIGRATIONS[version:]
+        for step in steps:
+            for statement in _statements(step):
+                self._db.execute(statement)
+        self._db.execute("INSERT OR IGNORE INTO collection (key, value) VALUES ('instance', ?)",
+                         (secrets.token_hex(16),))
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def _instance(self) -> bytes:
+        """Names this database in its matrix file, so that a file next to another database is never used."""
+        return bytes.fromhex(self.metadata["instance"])
+
+    # --- the collection's model ------------------------------------------------------------------
 
     def _check_settings(self, dim: int | None, instruction: str | None) -> None:
         if dim is not None and self.dim is not None and dim != self.dim:
@@ -262,8 +535,7 @@ class Collection:
     def _adopt_model(self) -> None:
         """Record the model of a new collection, or refuse one that differs from the recorded one."""
         model_file = self._embedder.model_file
-        identity = {"model_name": model_file.name, "quant": model_file.file_type,
-                    "embedding_length": str(model_file.embedding_length)}
+        identity = _identity(model_file)
         if "model_name" in self.metadata:
             recorded = {key: self.metadata[key] for key in identity}
             if recorded != identity:
@@ -272,25 +544,128 @@ class Collection:
                     "Use the same model, or a new --db"
                 )
             return
-        dim = self._dim or model_file.embedding_length
+        dim = self._dim or self.dim or model_file.embedding_length
         check_dim(dim, model_file.embedding_length)
         named = not self._embedder_given and not is_model_path(self._model_spec())
         model = str(self._model_spec()) if named else str(model_file.path.resolve())
-        self.metadata.update(identity, model=model, dim=str(dim), instruction=self._instruction or DEFAULT_INSTRUCTION)
-        with self._db:
+        self._record(identity, model=self.metadata.get("model", model), dim=str(dim),
+                     instruction=self._instruction or self.instruction)
+
+    def _adopt_record_model(self, spec: str | None, dim: int) -> None:
+        """Accept imported vectors of `dim` made by model `spec` (None: unnamed), or refuse them."""
+        if self.dim is not None and dim != self.dim:
+            raise UserError(f"{self.path} holds {self.dim}-dimensional vectors; the records' have {dim}")
+        if spec is not None and "model" in self.metadata:
+            names = {self.metadata["model"].lower(), self.metadata.get("model_name", "").lower()}
+            identity = _identity_of(spec) if str(spec).lower() not in names else None
+            if str(spec).lower() not in names and (identity is None or identity != self._recorded_identity()):
+                raise UserError(f"{self.path} holds vectors of {self.metadata['model']}; the records are of "
+                                f"{spec}. Import them into a new --db")
+        if "model" in self.metadata:
+            return
+        if spec is None:
+            raise UserError("the records do not say which model made them; name it with -m "
+                            "(the GGUF file or catalog name they were embedded with)")
+        identity = _identity_of(spec)
+        if identity:
+            check_dim(dim, int(identity["embedding_length"]))
+        self._record(identity or {}, model=str(spec), dim=str(dim), instruction=self._instruction or self.instruction)
+
+    def _recorded_identity(self) -> dict[str, str] | None:
+        return {key: self.metadata[key] for key in ("model_name", "quant", "embedding_length")} \
+            if "model_name" in self.metadata else None
+
+    def _record(self, *updates: Mapping[str, str], **values: str) -> None:
+        for update in updates:
+            self.metadata.update(update)
+        self.metadata.update(values)
+        with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO collection (key, value) VALUES (?, ?)", self.metadata.items())
 
     def close(self) -> None:
+        self._vector_file = None
         self._db.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        failed_empty = exc_type is not None and self._created and self.document_count == 0
+        failed_empty = False
+        with contextlib.suppress(sqlite3.Error):
+            failed_empty = exc_type is not None and self._created and self.document_count == 0
         self.close()
         if failed_empty:
-            self.path.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm", ".vectors", ".lock"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
+
+# Migrations: MIGRATIONS[v] brings a database from schema version v to v + 1.
+# Version 0 is the schema of the first release (no user_version, chunk ids could be reused).
+MIGRATIONS = [
+    """
+    CREATE TABLE chunks_v1 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        document_id INTEGER NOT NULL REFERENCES documents(id),
+        chunk INTEGER NOT NULL,
+        char_start INTEGER NOT NULL,
+        char_end INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        vector BLOB NOT NULL
+    );
+    INSERT INTO chunks_v1 SELECT id, document_id, chunk, char_start, char_end, text, vector FROM chunks;
+    DROP TABLE chunks;
+    ALTER TABLE chunks_v1 RENAME TO chunks;
+    """ + GENERATION,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (triggers hold inner semicolons: split on complete statements)."""
+    statements, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def _texts_of(path: str, records: list[dict], written_at: float | None) -> tuple[list[str], tuple[float, int, str]]:
+    """The records' chunk texts, and (mtime, size, sha256) of the file when it holds them ('' when not)."""
+    document = None
+    if os.path.isfile(path):
+        document = next(iter(TextFiles([path])), None)
+    texts = []
+    for record in records:
+        text = record.get("text")
+        if text is None:
+            if document is None:
+                raise UserError(f"the record for {path}#{record['chunk']} has no text and the file cannot be read")
+            text = document.text[record["start"]:record["end"]]
+        texts.append(text)
+    holds = document is not None and all(document.text[r["start"]:r["end"]] == t for r, t in zip(records, texts))
+    if any("text" not in r for r in records):
+        holds = holds and written_at is not None and document.mtime <= written_at
+    return texts, (document.mtime, document.size, document.sha256) if holds else (0.0, 0, "")
+
+
+def _identity(model_file) -> dict[str, str]:
+    return {"model_name": model_file.name, "quant": model_file.file_type,
+            "embedding_length": str(model_file.embedding_length)}
+
+
+def _identity_of(spec: str | Path) -> dict[str, str] | None:
+    """The identity of a model named by path or catalog name, when its GGUF is at hand."""
+    try:
+        path = Path(spec) if is_model_path(spec) else cached_path(lookup(str(spec), "embedding"))
+        if path is None or not path.is_file():
+            return None
+        from ..gguf_file import read_model_file
+
+        return _identity(read_model_file(path))
+    except (UserError, OSError):
+        return None
 
 
 def _describe(identity: dict[str, str]) -> str:

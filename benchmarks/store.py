@@ -1,0 +1,265 @@
+"""Search latency of the SQLite collection at a laptop's scale: 10⁴, 10⁵, 10⁶ chunks.
+
+Builds synthetic collections through `Collection.add` (random unit vectors, ~1,500 characters of
+text per chunk, 10 chunks per file) and measures, in fresh processes:
+
+- warm: p50/p99 of `Collection.search(vector=...)` over repeated queries in one process;
+- first query after open: opening the collection and answering one query, page cache warm;
+- cold: the same after the database and matrix files were dropped from the page cache
+  (posix_fadvise DONTNEED), p50/p99 over a few runs;
+- exactness: every measured query's top 10 against a float64 brute-force scan of the vectors
+  read from SQLite (the source of truth);
+- the old path for reference (every row's vector read out of SQLite per query, as release 1 did);
+- RSS (current and peak) of the searching process, and the size of the files on disk.
+
+    python benchmarks/store.py                      # 10⁴, 10⁵, 10⁶ at 1,024 dims; 10⁴, 10⁵ at 4,096
+    python benchmarks/store.py --sizes 10000 --dims 1024 --queries 20
+
+Prints a table and writes benchmarks/store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qwen3_gguf.files.store import Collection  # noqa: E402
+from qwen3_gguf.files.vectors import matrix_path  # noqa: E402
+
+CHUNKS_PER_FILE = 10
+TEXT_CHARS = 1500
+BUILD_BATCH = 20_000
+TOP_K = 10
+WORDS = ("the of and to in is that for it as with was on be by this are from at or an have not which but "
+         "model vector search index chunk query file embedding weight tensor layer token quant cache").split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="chunk counts at --dims' first entry")
+    parser.add_argument("--dims", default="1024,4096")
+    parser.add_argument("--max-rows-4096", type=int, default=100_000,
+                        help="the largest collection built at 4,096 dims (10⁶ would be 16 GB of float32)")
+    parser.add_argument("--queries", type=int, default=50, help="warm queries per collection")
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=ROOT / ".bench-store", help="where collections are built")
+    parser.add_argument("--keep", action="store_true", help="keep the collections built")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "store.json")
+    parser.add_argument("--measure", nargs=2, metavar=("DB", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure[0]), args.measure[1], args.queries)))
+        return
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dim in [int(d) for d in args.dims.split(",")]:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            if dim > 1024 and size > args.max_rows_4096:
+                continue
+            rows.append(run_one(args, size, dim))
+            print(format_row(rows[-1]), flush=True)
+            write_json(args.json, rows)
+    print()
+    print(table(rows))
+
+
+def run_one(args, size: int, dim: int) -> dict:
+    db = args.dir / f"store-{size}x{dim}.db"
+    for stale in db.parent.glob(db.name + "*"):
+        stale.unlink()
+    started = time.perf_counter()
+    with Collection(db) as collection:
+        collection.add(records(size, dim), model=f"synthetic-{dim}")
+    build_s = time.perf_counter() - started
+    row = {"chunks": size, "dim": dim, "build_s": round(build_s, 1),
+           "db_bytes": sum(p.stat().st_size for p in [db, db.with_name(db.name + "-wal")] if p.exists()),
+           "vectors_bytes": matrix_path(db).stat().st_size}
+    warm = child(db, "warm", args.queries)
+    row.update(warm)
+    colds = [child(db, "cold", 1) for _ in range(args.cold_runs)]
+    cold_first = [c["first_query_ms"] for c in colds]
+    row["cold_first_query_ms_p50"] = round(float(np.percentile(cold_first, 50)), 1)
+    row["cold_first_query_ms_p99"] = round(float(np.percentile(cold_first, 99)), 1)
+    matrix_path(db).unlink()
+    rebuilt = child(db, "first", 1)
+    row["first_query_after_matrix_file_lost_ms"] = rebuilt["first_query_ms"]
+    if size <= 100_000:
+        row["sqlite_scan_ms"] = child(db, "sqlite-scan", 3)["sqlite_scan_ms"]
+    if not args.keep:
+        for path in db.parent.glob(db.name + "*"):
+            path.unlink()
+    return row
+
+
+def records(size: int, dim: int):
+    """Synthetic chunks: unit vectors from a seeded generator, text of ~TEXT_CHARS characters."""
+    texts = [synthetic_text(np.random.default_rng(i)) for i in range(1000)]
+    for start in range(0, size, BUILD_BATCH):
+        vectors = batch_vectors(start // BUILD_BATCH, min(BUILD_BATCH, size - start), dim)
+        for i, vector in enumerate(vectors, start):
+            text = texts[i % len(texts)]
+            yield {"path": f"/synthetic/file{i // CHUNKS_PER_FILE:07d}.txt", "chunk": i % CHUNKS_PER_FILE,
+                   "start": 0, "end": len(text), "text": text, "vector": vector}
+
+
+def batch_vectors(batch: int, rows: int, dim: int) -> np.ndarray:
+    vectors = np.random.default_rng(batch).standard_normal((rows, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic_text(rng) -> str:
+    words = []
+    while sum(len(w) + 1 for w in words) < TEXT_CHARS:
+        words.append(WORDS[rng.integers(len(WORDS))])
+    return " ".join(words)
+
+
+def queries(n: int, dim: int) -> np.ndarray:
+    """Stored vectors plus noise (so each query has a true near neighbour), normalized."""
+    rng = np.random.default_rng(12345)
+    base = batch_vectors(0, 1000, dim)[rng.integers(0, 1000, n)]   # the first rows stored
+    noisy = base + 0.5 * rng.standard_normal(base.shape, dtype=np.float32) / np.sqrt(dim)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+# --- measuring, in a fresh process -----------------------------------------------------------------
+
+
+def child(db: Path, mode: str, n_queries: int) -> dict:
+    if mode == "cold":
+        evict(db)
+    output = subprocess.run([sys.executable, __file__, "--measure", str(db), mode, "--queries", str(n_queries)],
+                            check=True, capture_output=True, text=True).stdout
+    return json.loads(output)
+
+
+def evict(db: Path) -> None:
+    """Drop the collection's files from the page cache (no root needed for clean pages)."""
+    for path in db.parent.glob(db.name + "*"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(db: Path, mode: str, n_queries: int) -> dict:
+    if mode == "sqlite-scan":
+        return {"sqlite_scan_ms": round(sqlite_scan(db, n_queries), 1)}
+    started = time.perf_counter()
+    collection = Collection(db, create=False)
+    dim = collection.dim
+    query_set = queries(max(n_queries, 1), dim)
+    first = collection.search(vector=query_set[0], k=TOP_K)
+    result = {"first_query_ms": round(1000 * (time.perf_counter() - started), 1)}
+    if mode != "warm":
+        return result
+    latencies, found = [], []
+    for query in query_set:
+        started = time.perf_counter()
+        hits = collection.search(vector=query, k=TOP_K)
+        latencies.append(1000 * (time.perf_counter() - started))
+        found.append([(h.path, h.chunk) for h in hits])
+    result.update(warm_ms_p50=round(float(np.percentile(latencies, 50)), 2),
+                  warm_ms_p99=round(float(np.percentile(latencies, 99)), 2), **memory())
+    checked = min(len(query_set), 5)
+    result["exact_top10"] = found[:checked] == brute_force(db, query_set[:checked])
+    assert first and found
+    return result
+
+
+def brute_force(db: Path, query_set: np.ndarray) -> list[list[tuple[str, int]]]:
+    """Top 10 (path, chunk) per query by float64 dot products of the vectors stored in SQLite."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    best = [[] for _ in query_set]
+    cursor = connection.execute("SELECT c.id, d.path, c.chunk, c.vector FROM chunks c JOIN documents d "
+                                "ON d.id = c.document_id")
+    q64 = query_set.astype(np.float64)
+    while rows := cursor.fetchmany(20_000):
+        matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        scores = matrix.astype(np.float64) @ q64.T
+        for j in range(len(query_set)):
+            best[j].extend((-scores[i, j], rows[i][0], rows[i][1], rows[i][2]) for i in
+                           np.argsort(-scores[:, j])[:TOP_K])
+            best[j] = sorted(best[j])[:TOP_K]
+    return [[(path, chunk) for _, _, path, chunk in hits] for hits in best]
+
+
+def sqlite_scan(db: Path, n_queries: int) -> float:
+    """Release 1's search: every vector read out of SQLite for each query (median ms)."""
+    import sqlite3
+
+    connection = sqlite3.connect(db)
+    dim = int(connection.execute("SELECT value FROM collection WHERE key = 'dim'").fetchone()[0])
+    times = []
+    for query in queries(n_queries, dim):
+        started = time.perf_counter()
+        best = np.empty(0)
+        cursor = connection.execute("SELECT id, vector FROM chunks")
+        while rows := cursor.fetchmany(8192):
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+            best = np.sort(np.concatenate([best, vectors @ query]))[-TOP_K:]
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.median(times))
+
+
+def memory() -> dict:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {"rss_mib": int(status["VmRSS"].split()[0]) // 1024, "peak_rss_mib": int(status["VmHWM"].split()[0]) // 1024}
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "warm p50 ms", "{:.1f}"),
+           ("warm_ms_p99", "warm p99 ms", "{:.1f}"), ("cold_first_query_ms_p50", "cold open+query p50 ms", "{:.0f}"),
+           ("cold_first_query_ms_p99", "cold p99 ms", "{:.0f}"), ("first_query_ms", "open+query (warm) ms", "{:.0f}"),
+           ("first_query_after_matrix_file_lost_ms", "rebuild+query ms", "{:.0f}"),
+           ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
+           ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
+           ("build_s", "build s", "{:.0f}")]
+
+
+def cell(row: dict, key: str, fmt: str) -> str:
+    if key not in row:
+        return "–"
+    value = row[key] / 2**30 if key.endswith("_bytes") else row[key]
+    return fmt.format(value)
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(f"{title}={cell(row, key, fmt)}" for key, title, fmt in COLUMNS)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    from qwen3_gguf.atomic import write_text_atomically
+
+    ram_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {ram_gib} GiB RAM"
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report = {"machine": machine, "measured": measured, "top_k": TOP_K, "rows": rows}
+    write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
