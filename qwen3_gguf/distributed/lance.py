@@ -67,9 +67,11 @@ class LanceCollection:
         return self._embedder
 
     def search(self, query: str | None = None, *, vector=None, k: int = 10, use_instruction: bool = True,
-               instruction: str | None = None, reranker=None, rerank_top: int = DEFAULT_RERANK_TOP) -> list[SearchHit]:
+               instruction: str | None = None, reranker=None, rerank_top: int = DEFAULT_RERANK_TOP,
+               path_glob: str | None = None, min_score: float | None = None) -> list[SearchHit]:
         """The k chunks closest to `query` (embedded here) or to `vector`, best first, by cosine;
-        with `reranker`, the best k of the closest `rerank_top` by its score."""
+        with `reranker`, the best k of the closest `rerank_top` by its score. `path_glob` and
+        `min_score` filter as `Collection.search` does."""
         if (query is None) == (vector is None):
             raise UserError("give a query or a vector, not both")
         if k < 1 or rerank_top < 1:
@@ -83,14 +85,25 @@ class LanceCollection:
         if vector.shape[0] != self.dim:
             raise UserError(f"the vector has {vector.shape[0]} dimensions; the table holds {self.dim}")
         n = max(k, rerank_top) if reranker is not None else k
-        rows = (self.table.search(vector).distance_type("cosine").limit(n)
-                .select(["path", "chunk", "start", "end", "text", "_distance"]).to_arrow().to_pylist())
+        nearest = self.table.search(vector).distance_type("cosine").limit(n)
+        if path_glob:
+            nearest = nearest.where(_glob_as_like(path_glob), prefilter=True)
+        rows = nearest.select(["path", "chunk", "start", "end", "text", "_distance"]).to_arrow().to_pylist()
         hits = [SearchHit(r["path"], r["chunk"], r["start"], r["end"], r["text"],
                           1.0 - r["_distance"], 1.0 - r["_distance"]) for r in rows]
-        if reranker is None:
-            return hits
-        if query is None:
-            raise UserError("reranking needs the query text, not only its vector")
-        scores = reranker.score(query, [h.text for h in hits], instruction=task)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [replace(hits[i], score=float(scores[i])) for i in order]
+        if reranker is not None:
+            if query is None:
+                raise UserError("reranking needs the query text, not only its vector")
+            scores = reranker.score(query, [h.text for h in hits], instruction=task)
+            hits = [replace(hits[i], score=float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+        return [hit for hit in hits if min_score is None or hit.score >= min_score]
+
+
+def _glob_as_like(pattern: str) -> str:
+    """A path glob (`*`, `?`; one not starting with / or * matches at any depth) as an SQL LIKE filter."""
+    if "[" in pattern:
+        raise UserError(f"--path-glob {pattern!r}: character classes ([...]) are not supported on LanceDB tables")
+    if not pattern.startswith(("/", "*")):
+        pattern = "*/" + pattern
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("'", "''")
+    return f"path LIKE '{escaped.replace('*', '%').replace('?', '_')}' ESCAPE '\\'"

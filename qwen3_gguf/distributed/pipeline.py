@@ -42,11 +42,11 @@ def ray_session(address: str | None = None, *, verbose: bool = False) -> Iterato
     one started here is shut down at the end. Ray's logs stay quiet unless `verbose`.
     """
     ray = require_ray()
+    if address not in (None, "auto"):
+        _check_reachable(address)
     if ray.is_initialized():
         yield
         return
-    if address not in (None, "auto"):
-        _check_reachable(address)
     level = logging.INFO if verbose else logging.ERROR
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(level)
