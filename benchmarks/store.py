@@ -83,7 +83,7 @@ def run_one(args, size: int, dim: int) -> dict:
     with Collection(db) as collection:
         collection.add(records(size, dim), model=f"synthetic-{dim}")
     build_s = time.perf_counter() - started
-    row = {"chunks": size, "dim": dim, "build_s": round(build_s, 1),
+    row = {"chunks": size, "dim": dim, "build_s": round(build_s, 1), "load_average": round(os.getloadavg()[0], 1),
            "db_bytes": sum(p.stat().st_size for p in [db, db.with_name(db.name + "-wal")] if p.exists()),
            "vectors_bytes": matrix_path(db).stat().st_size}
     warm = child(db, "warm", args.queries)
@@ -231,7 +231,7 @@ COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "
            ("first_query_after_matrix_file_lost_ms", "rebuild+query ms", "{:.0f}"),
            ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
            ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
-           ("build_s", "build s", "{:.0f}")]
+           ("build_s", "build s", "{:.0f}"), ("load_average", "load avg", "{:.1f}")]
 
 
 def cell(row: dict, key: str, fmt: str) -> str:

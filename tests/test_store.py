@@ -201,3 +201,28 @@ def test_cli_store_errors(corpus, tmp_path, embedding_gguf_64):
     assert result.exit_code == 2 and result.stderr.startswith(f"Error: {garbage} is not a usable SQLite database")
     stdin = run("index", "-", "--db", tmp_path / "v.db", "-m", embedding_gguf_64)
     assert stdin.exit_code == 2 and "stdin (-) cannot be indexed" in stdin.stderr
+
+
+def test_cli_import_of_embed_files_output_then_filtered_search(corpus, tmp_path, embedding_gguf_64,
+                                                               embedding_gguf_256):
+    db, records = tmp_path / "v.db", tmp_path / "out.parquet"
+    embedded = run("embed-files", corpus, "-m", embedding_gguf_64, "--format", "parquet", "-o", records)
+    assert embedded.exit_code == 0, embedded.output
+    imported = run("index", "--import", records, "--db", db, "-m", embedding_gguf_64)
+    assert imported.exit_code == 0, imported.output
+    assert imported.stderr == (f"imported 8 chunks of 8 files from {records} (8 match the files on disk); "
+                               f"{db} holds 8 files, 8 chunks\n")
+    again = run("index", corpus, "--db", db)                 # the imported files count as indexed
+    assert again.exit_code == 0 and again.stderr.startswith("indexed 0 new or changed files"), again.output
+    found = run("search", TOPICS[5], "--db", db, "-k", 8, "--no-instruction", "--path-glob", "sub/*", "--json")
+    assert found.exit_code == 0, found.output
+    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    assert len(hits) == 4 and all("/sub/" in h["path"] for h in hits)
+    assert hits[0]["text"] == TOPICS[5] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert {"path", "chunk", "start", "end", "score", "cosine", "text"} == set(hits[0])
+    best = run("search", TOPICS[5], "--db", db, "--no-instruction", "--min-score", 0.999)
+    assert best.exit_code == 0 and len(best.stdout.splitlines()) == 1, best.output
+    other = run("index", "--import", records, "--db", db, "-m", embedding_gguf_256)
+    assert other.exit_code == 2
+    assert other.stderr.startswith(f"Error: {db} holds vectors of {embedding_gguf_64.resolve()}; the records are of ")
+    assert run("index", "--db", db).stderr == "Error: name the files or folders to index, or --import FILE\n"

@@ -1,7 +1,8 @@
 """Embedded records read back from the files `embed-files` and the scale-out job write (JSONL, Parquet).
 
 Each record is a dict with `path`, `chunk`, `start`, `end`, `vector` (a float32 array; the
-column may also be called `embedding`), and when the file has them `text` and `model`.
+column may also be called `embedding`), and when the file has them `text`, `model`, and
+`model_spec` (from the Parquet schema metadata the scale-out job writes).
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ PARQUET_BATCH_ROWS = 4096
 
 
 def read_records(path: Path) -> Iterator[dict]:
-    """The records of a .jsonl or .parquet file, in file order; a malformed one is a UserError."""
-    if not path.is_file():
+    """The records of a .jsonl or .parquet file, or of every .parquet file in a folder (the scale-out
+    job's output, partitioned by model), in file order; a malformed one is a UserError."""
+    if path.is_dir():
+        parts = sorted(path.rglob("*.parquet"))
+        if not parts:
+            raise UserError(f"{path} is a folder without .parquet files")
+        for part in parts:
+            yield from _parquet_records(part)
+    elif not path.is_file():
         raise UserError(f"no such file: {path}")
-    if path.suffix == ".parquet":
+    elif path.suffix == ".parquet":
         yield from _parquet_records(path)
     elif path.suffix in (".jsonl", ".json", ".ndjson"):
         yield from _jsonl_records(path)
@@ -52,6 +60,7 @@ def _parquet_records(path: Path) -> Iterator[dict]:
         source = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types for damaged files
         raise UserError(f"{path} is not a readable Parquet file: {exc}") from None
+    model_spec = (source.schema_arrow.metadata or {}).get(b"model_spec")   # written by the scale-out job
     row = 0
     for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         columns = batch.schema.names
@@ -62,6 +71,8 @@ def _parquet_records(path: Path) -> Iterator[dict]:
         plain = batch.drop_columns([vector_field]).to_pylist()
         for i, record in enumerate(plain):
             record["vector"] = vectors[i]
+            if model_spec:
+                record["model_spec"] = model_spec.decode()
             yield _checked(record, f"{path} row {row + i}")
         row += len(plain)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -207,7 +208,8 @@ class Collection:
     def add(self, records: Iterable[Mapping], *, model: str | None = None,
             written_at: float | None = None) -> AddReport:
         """Store chunks embedded elsewhere: dicts with path, chunk, start, end, vector, and text and model
-        when known (as `embed-files` and `read_records` give them).
+        when known, and `model_spec` (the path or catalog name the scale-out job was given) when
+        known (as `embed-files` and `read_records` give them).
 
         Chunks of a path replace what the collection held for it. Without `text`, the chunk's text
         is read from the file (`text[start:end]`). Records name their model in `model`, or the
@@ -223,7 +225,8 @@ class Collection:
             accepted: set[tuple] = set()  # (model, dim) pairs checked already
             batch: list[dict] = []
             for record in records:
-                made_by = (record.get("model") or model, len(record["vector"]))
+                specs = tuple(str(s) for s in (record.get("model_spec"), record.get("model") or model) if s)
+                made_by = (specs, len(record["vector"]))
                 if made_by not in accepted:
                     self._adopt_record_model(*made_by)
                     accepted.add(made_by)
@@ -551,25 +554,38 @@ class Collection:
         self._record(identity, model=self.metadata.get("model", model), dim=str(dim),
                      instruction=self._instruction or self.instruction)
 
-    def _adopt_record_model(self, spec: str | None, dim: int) -> None:
-        """Accept imported vectors of `dim` made by model `spec` (None: unnamed), or refuse them."""
+    def _adopt_record_model(self, specs: tuple[str, ...], dim: int) -> None:
+        """Accept imported vectors of `dim` made by the model that `specs` name (any of them; none: unnamed),
+        or refuse them."""
         if self.dim is not None and dim != self.dim:
             raise UserError(f"{self.path} holds {self.dim}-dimensional vectors; the records' have {dim}")
-        if spec is not None and "model" in self.metadata:
-            names = {self.metadata["model"].lower(), self.metadata.get("model_name", "").lower()}
-            identity = _identity_of(spec) if str(spec).lower() not in names else None
-            if str(spec).lower() not in names and (identity is None or identity != self._recorded_identity()):
-                raise UserError(f"{self.path} holds vectors of {self.metadata['model']}; the records are of "
-                                f"{spec}. Import them into a new --db")
         if "model" in self.metadata:
+            recorded = self._recorded_identity()
+            if specs and not any(self._names_the_model(spec) or (recorded and _identity_of(spec) == recorded)
+                                 for spec in specs):
+                raise UserError(f"{self.path} holds vectors of {self.metadata['model']}; the records are of "
+                                f"{specs[-1]}. Import them into a new --db")
             return
-        if spec is None:
+        if not specs:
             raise UserError("the records do not say which model made them; name it with -m "
                             "(the GGUF file or catalog name they were embedded with)")
-        identity = _identity_of(spec)
+        identities = [(_identity_of(spec), spec) for spec in specs]
+        identity, spec = next(((i, s) for i, s in identities if i), (None, specs[0]))
         if identity:
             check_dim(dim, int(identity["embedding_length"]))
-        self._record(identity or {}, model=str(spec), dim=str(dim), instruction=self._instruction or self.instruction)
+        self._record(identity or {}, model=spec, dim=str(dim), instruction=self._instruction or self.instruction)
+
+    def _names_the_model(self, spec: str) -> bool:
+        """Whether `spec` is the collection's model as recorded, its GGUF name, or the scale-out job's
+        key for it (`NAME-QUANT-HASH`, see distributed/identity.py)."""
+        spec = spec.lower()
+        if spec in (self.metadata["model"].lower(), self.metadata.get("model_name", "").lower()):
+            return True
+        if "model_name" not in self.metadata:
+            return False
+        name = re.sub(r"[^a-z0-9._-]+", "-", self.metadata["model_name"].lower()).strip("-") or "model"
+        return re.fullmatch(rf"{re.escape(name)}-{re.escape(self.metadata['quant'].lower())}-[0-9a-f]{{12}}",
+                            spec) is not None
 
     def _recorded_identity(self) -> dict[str, str] | None:
         return {key: self.metadata[key] for key in ("model_name", "quant", "embedding_length")} \
