@@ -776,6 +776,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def kept_sections(path: Path) -> str:
+    """The sections other scripts (peers.py, quant_types.py) keep in results.md between their
+    own <!-- name --> markers: rewriting the file keeps them."""
+    if not path.is_file():
+        return ""
+    blocks = re.finditer(r"<!-- ([\w-]+) -->\n.*?<!-- /\1 -->\n", path.read_text(), re.S)
+    return "".join("\n" + block.group(0) for block in blocks)
+
+
 def head_rule(head: str) -> str:
     return "|" + "---|" * (head.count("|") - 1)
 
@@ -843,7 +852,7 @@ def main() -> None:
             report = {"meta": meta, **{k: results[k] for k in SECTIONS if k in results}}
             report["targets"] = [{"target": t, "measured": m, "value": v, "goal": g} for t, m, v, g in targets(report)]
             results_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-            (BENCH / "results.md").write_text(markdown(report))
+            (BENCH / "results.md").write_text(markdown(report) + kept_sections(BENCH / "results.md"))
     print((BENCH / "results.md").read_text())
 
 
