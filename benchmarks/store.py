@@ -15,12 +15,14 @@ text per chunk, 10 chunks per file) and measures, in fresh processes:
     python benchmarks/store.py                      # 10⁴, 10⁵, 10⁶ at 1,024 dims; 10⁴, 10⁵ at 4,096
     python benchmarks/store.py --sizes 10000 --dims 1024 --queries 20
 
-Prints a table and writes benchmarks/store.json.
+Prints a table and writes benchmarks/store.json (keeping the rows of collections not measured
+this time).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -64,15 +66,23 @@ def main() -> None:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    kept = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []
     for dim in [int(d) for d in args.dims.split(",")]:
         for size in [int(s) for s in args.sizes.split(",")]:
             if dim > 1024 and size > args.max_rows_4096:
                 continue
             rows.append(run_one(args, size, dim))
             print(format_row(rows[-1]), flush=True)
-            write_json(args.json, rows)
+            write_json(args.json, merged(kept, rows))
     print()
-    print(table(rows))
+    print(table(merged(kept, rows)))
+
+
+def merged(kept: list[dict], measured: list[dict]) -> list[dict]:
+    """This run's rows, and the earlier run's rows for collections this run did not measure."""
+    done = {(row["chunks"], row["dim"]) for row in measured}
+    rows = [row for row in kept if (row["chunks"], row["dim"]) not in done] + measured
+    return sorted(rows, key=lambda row: (row["dim"], row["chunks"]))
 
 
 def run_one(args, size: int, dim: int) -> dict:
@@ -92,6 +102,10 @@ def run_one(args, size: int, dim: int) -> dict:
     cold_first = [c["first_query_ms"] for c in colds]
     row["cold_first_query_ms_p50"] = round(float(np.percentile(cold_first, 50)), 1)
     row["cold_first_query_ms_p99"] = round(float(np.percentile(cold_first, 99)), 1)
+    started = time.perf_counter()
+    with Collection(db) as collection:                      # one more file: the matrix file is rewritten
+        collection.add(records(CHUNKS_PER_FILE, dim, first_file=size // CHUNKS_PER_FILE))
+    row["add_one_file_s"] = round(time.perf_counter() - started, 2)
     matrix_path(db).unlink()
     rebuilt = child(db, "first", 1)
     row["first_query_after_matrix_file_lost_ms"] = rebuilt["first_query_ms"]
@@ -103,15 +117,15 @@ def run_one(args, size: int, dim: int) -> dict:
     return row
 
 
-def records(size: int, dim: int):
+def records(size: int, dim: int, first_file: int = 0):
     """Synthetic chunks: unit vectors from a seeded generator, text of ~TEXT_CHARS characters."""
-    texts = [synthetic_text(np.random.default_rng(i)) for i in range(1000)]
+    texts = synthetic_texts()
     for start in range(0, size, BUILD_BATCH):
-        vectors = batch_vectors(start // BUILD_BATCH, min(BUILD_BATCH, size - start), dim)
+        vectors = batch_vectors(first_file + start // BUILD_BATCH, min(BUILD_BATCH, size - start), dim)
         for i, vector in enumerate(vectors, start):
             text = texts[i % len(texts)]
-            yield {"path": f"/synthetic/file{i // CHUNKS_PER_FILE:07d}.txt", "chunk": i % CHUNKS_PER_FILE,
-                   "start": 0, "end": len(text), "text": text, "vector": vector}
+            yield {"path": f"/synthetic/file{first_file + i // CHUNKS_PER_FILE:07d}.txt",
+                   "chunk": i % CHUNKS_PER_FILE, "start": 0, "end": len(text), "text": text, "vector": vector}
 
 
 def batch_vectors(batch: int, rows: int, dim: int) -> np.ndarray:
@@ -119,11 +133,12 @@ def batch_vectors(batch: int, rows: int, dim: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def synthetic_text(rng) -> str:
-    words = []
-    while sum(len(w) + 1 for w in words) < TEXT_CHARS:
-        words.append(WORDS[rng.integers(len(WORDS))])
-    return " ".join(words)
+@functools.cache
+def synthetic_texts() -> list[str]:
+    """1,000 texts of random words, ~TEXT_CHARS characters each."""
+    rng = np.random.default_rng(0)
+    word_count = TEXT_CHARS // 5
+    return [" ".join(rng.choice(WORDS, word_count))[:TEXT_CHARS] for _ in range(1000)]
 
 
 def queries(n: int, dim: int) -> np.ndarray:
@@ -231,7 +246,8 @@ COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "
            ("first_query_after_matrix_file_lost_ms", "rebuild+query ms", "{:.0f}"),
            ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
            ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
-           ("build_s", "build s", "{:.0f}"), ("load_average", "load avg", "{:.1f}")]
+           ("add_one_file_s", "add 1 file s", "{:.1f}"), ("build_s", "build s", "{:.0f}"),
+           ("load_average", "load avg", "{:.1f}")]
 
 
 def cell(row: dict, key: str, fmt: str) -> str:
