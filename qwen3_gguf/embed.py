@@ -122,6 +122,49 @@ class Embedder:
             vectors = _l2_normalize(vectors)
         return vectors[0] if single else vectors
 
+    @property
+    def eos_token_id(self) -> int:
+        """The id of <|endoftext|>, which ends every input (its hidden state is the embedding)."""
+        return self._eos
+
+    @property
+    def vocabulary_size(self) -> int:
+        return self._llama.n_vocab
+
+    def encode_tokens(self, token_ids: Sequence[Sequence[int]], *, dim: int | None = None, normalize: bool = True,
+                      truncate: bool = True, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        """Embed inputs given as token ids (→ 2-D float32 array, one row each).
+
+        Each input is what `tokenize` gives for a (prompt-formatted) text, with or without its
+        final <|endoftext|> (appended when missing), so the row equals `encode` of that text.
+        Ids outside the vocabulary are refused; longer inputs keep their first max_tokens-1
+        ids and the EOS, or are refused with truncate=False.
+        """
+        self._check_dim(dim)
+        sequences, n_truncated = [], 0
+        for i, ids in enumerate(token_ids):
+            ids = [int(token) for token in ids]
+            outside = next((t for t in ids if not 0 <= t < self.vocabulary_size), None)
+            if outside is not None:
+                raise UserError(f"token list #{i} holds id {outside}, "
+                                f"outside the vocabulary (0…{self.vocabulary_size - 1})")
+            if ids and ids[-1] == self._eos:
+                ids.pop()
+            if not ids:
+                raise UserError(f"token list #{i} is empty; there is nothing to embed")
+            if len(ids) + 1 > self.max_tokens:
+                if not truncate:
+                    raise UserError(f"token list #{i} is longer than {self.max_tokens} tokens (truncation is off)")
+                ids, n_truncated = ids[: self.max_tokens - 1], n_truncated + 1
+            sequences.append([*ids, self._eos])
+        if n_truncated:
+            warnings.warn(f"{n_truncated} of {len(sequences)} token lists were longer than {self.max_tokens} tokens "
+                          "and were truncated (the end was cut, the EOS kept)", TruncationWarning, stacklevel=2)
+        vectors = self._runner_for(batch_tokens).run(sequences)
+        if dim is not None:
+            vectors = vectors[:, :dim]
+        return _l2_normalize(vectors) if normalize else vectors
+
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity between every row of `a` and every row of `b`."""

@@ -12,6 +12,7 @@ from .files import embed_files
 from .info import info
 from .models import models
 from .quantize import imatrix, quantize, sweep
+from .serve import serve
 from .store import index, search
 
 
@@ -27,3 +28,4 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 for command in (convert, info, embed, embed_files, rerank, models, index, search, imatrix, quantize, sweep):
     cli.add_command(command)
+cli.add_command(serve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -26,7 +27,9 @@ class LlamaModel:
         self.n_embd = llama.llama_model_n_embd(self._model)
         self.n_ctx_train = llama.llama_model_n_ctx_train(self._model)
         self.n_cls_out = llama.llama_model_n_cls_out(self._model)
+        self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self._token_buffer = (llama.llama_token * 4096)()
+        self._token_buffer_lock = threading.Lock()  # tokenize may be called from several threads (the server)
         self._pieces: dict[int, bytes] = {}
         self.path = Path(path)
         self._head: np.ndarray | None | bool = False  # False: not read yet
@@ -40,13 +43,14 @@ class LlamaModel:
         No BOS/EOS is added here: callers add what their prompt format needs.
         """
         data = unicodedata.normalize("NFC", text).encode("utf-8")
-        while True:
-            n = llama.llama_tokenize(
-                self._vocab, data, len(data), self._token_buffer, len(self._token_buffer), False, special
-            )
-            if n >= 0:
-                return list(self._token_buffer[:n])
-            self._token_buffer = (llama.llama_token * (-n))()
+        with self._token_buffer_lock:
+            while True:
+                n = llama.llama_tokenize(
+                    self._vocab, data, len(data), self._token_buffer, len(self._token_buffer), False, special
+                )
+                if n >= 0:
+                    return list(self._token_buffer[:n])
+                self._token_buffer = (llama.llama_token * (-n))()
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes of text one token stands for (byte-level BPE: maybe part of a character)."""
