@@ -98,13 +98,13 @@ def default_pool(workers: int | None, cpus_per_worker: int | None) -> tuple[int,
 
 
 def read_files(paths: Sequence[str], *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-               counts: Counts | None = None):
+               counts: Counts | None = None, files_per_block: int = DEFAULT_BATCH_ROWS):
     """The text files under `paths` as a dataset of (path, text) rows, path absolute.
 
     Walked and read here, on the driver, with `embed --files`'s rules (hidden entries, globs,
     binary, empty and unreadable files skipped and counted in `counts`), so the files need not
-    be visible to the cluster's machines. Chunking happens in the actors. Each block holds one
-    actor call's worth of files, so small corpora spread over every actor too.
+    be visible to the cluster's machines. Chunking happens in the actors. An actor takes a block
+    at a time, so blocks of one batch's worth of files spread even a small corpus over every actor.
     """
     ray = require_ray()
     import pyarrow as pa
@@ -112,7 +112,7 @@ def read_files(paths: Sequence[str], *, include: Sequence[str] = (), exclude: Se
     files = TextFiles(paths, include=include, exclude=exclude, counts=counts)
     blocks = [pa.table({"path": [d.path if d.path == "-" else os.path.abspath(d.path) for d in block],
                         "text": [d.text for d in block]})
-              for block in _batched(files, DEFAULT_BATCH_ROWS)]
+              for block in _batched(files, files_per_block)]
     if not blocks:
         raise UserError(f"nothing to embed: {files.counts.summary()}")
     return ray.data.from_arrow(blocks)
