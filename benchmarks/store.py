@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -58,10 +59,14 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / ".bench-store", help="where collections are built")
     parser.add_argument("--keep", action="store_true", help="keep the collections built")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "store.json")
+    parser.add_argument("--report", action="store_true", help="only rewrite results.md's section from --json")
     parser.add_argument("--measure", nargs=2, metavar=("DB", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure[0]), args.measure[1], args.queries)))
+        return
+    if args.report:
+        write_results_section(json.loads(args.json.read_text()))
         return
 
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,7 @@ def main() -> None:
             write_json(args.json, merged(kept, rows))
     print()
     print(table(merged(kept, rows)))
+    write_results_section(json.loads(args.json.read_text()))
 
 
 def merged(kept: list[dict], measured: list[dict]) -> list[dict]:
@@ -275,6 +281,35 @@ def write_json(path: Path, rows: list[dict]) -> None:
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = {"machine": machine, "measured": measured, "top_k": TOP_K, "rows": rows}
     write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+
+
+def write_results_section(report: dict) -> None:
+    """The "Store" section of results.md, between its <!-- store --> markers (other sections kept)."""
+    from qwen3_gguf.atomic import write_text_atomically
+
+    section = "\n".join([
+        "<!-- store -->",
+        "## Store: exact search over synthetic collections (benchmarks/store.py)",
+        "",
+        f"{report['machine']}; measured {report['measured']}, on a machine shared with other work (the load "
+        "average of each row is in the last column; 2 cores). Random unit vectors, ~1,500 characters of text "
+        f"per chunk, top {report['top_k']} by `Collection.search(vector=...)`. Warm: p50/p99 over 50 queries "
+        "in one process. Cold: opening the collection and answering one query after its files were dropped "
+        "from the page cache (5 runs). Open+query (warm): the same with the page cache warm. Rebuild+query: "
+        "the first query after the matrix file was deleted (rebuilt from SQLite). Release-1 scan: the "
+        "previous release's search (every vector read out of SQLite per query). Exact: the top 10 of 5 "
+        "queries equal a float64 brute-force scan of the vectors in SQLite. Add 1 file: `Collection.add` of "
+        "10 chunks, which rewrites the matrix file.",
+        "",
+        table(report["rows"]),
+        "<!-- /store -->",
+        "",
+    ])
+    path = ROOT / "benchmarks" / "results.md"
+    text = path.read_text() if path.is_file() else ""
+    pattern = re.compile(r"<!-- store -->\n.*?<!-- /store -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    write_text_atomically(path, text)
 
 
 if __name__ == "__main__":

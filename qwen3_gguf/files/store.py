@@ -75,7 +75,7 @@ CREATE TRIGGER chunk_added AFTER INSERT ON chunks BEGIN UPDATE generation SET va
 CREATE TRIGGER chunk_removed AFTER DELETE ON chunks BEGIN UPDATE generation SET value = value + 1; END;
 """
 BUSY_TIMEOUT_S = 60         # a reader or writer waits this long for another's commit
-IMPORT_BATCH_RECORDS = 2048  # records committed per transaction by `add`
+IMPORT_BATCH_RECORDS = 2048  # records committed per transaction by `add` (whole files: a few more)
 FETCH_IDS = 10_000          # chunk ids per SELECT when vectors are read from the database
 DEFAULT_RERANK_TOP = 50
 
@@ -230,10 +230,10 @@ class Collection:
                 if made_by not in accepted:
                     self._adopt_record_model(*made_by)
                     accepted.add(made_by)
-                batch.append(record)
-                if len(batch) >= IMPORT_BATCH_RECORDS:
-                    self._store_records(batch, written, written_at, report)
+                if len(batch) >= IMPORT_BATCH_RECORDS and record["path"] != batch[-1]["path"]:
+                    self._store_records(batch, written, written_at, report)   # a file's chunks commit together
                     batch = []
+                batch.append(record)
             if batch:
                 self._store_records(batch, written, written_at, report)
             if report.chunks:
