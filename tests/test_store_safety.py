@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from qwen3_gguf.files.store import Collection
-from qwen3_gguf.files.vectors import VectorFile, brute_force, matrix_path
+from qwen3_gguf.files.vectors import VectorFile, brute_force, delta_path, matrix_path
 
 WORDS = "river stone cloud lantern copper meadow signal harbor violet engine orbit timber".split()
 FILES = 24
@@ -77,15 +77,15 @@ def assert_consistent(db, reference: dict[str, list[tuple]]) -> None:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = dict(connection.execute("SELECT id, vector FROM chunks"))
         (instance,) = connection.execute("SELECT value FROM collection WHERE key = 'instance'").fetchone()
-    file = VectorFile.open(matrix_path(db), bytes.fromhex(instance))
     for path, chunks in chunks_by_path(db).items():
         expected = reference[path]
         assert [c[:4] for c in chunks] == [c[:4] for c in expected], path
         for (*_, vector), (*_, expected_vector) in zip(chunks, expected):
             cosine = np.frombuffer(vector, dtype="<f4") @ np.frombuffer(expected_vector, dtype="<f4")
             assert cosine > 0.999       # llama.cpp's numbers move ~1e-4 with what shares a decode
-    if file is not None:
-        for chunk_id, vector in zip(np.asarray(file.ids).tolist(), file.matrix):
+    for path in (matrix_path(db), delta_path(db)):
+        file = VectorFile.open(path, bytes.fromhex(instance))
+        for chunk_id, vector in zip(np.asarray(file.ids).tolist(), file.matrix) if file is not None else ():
             assert chunk_id not in rows or rows[chunk_id] == vector.tobytes()
     if rows:
         ids = np.array(sorted(rows))

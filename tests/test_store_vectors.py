@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from qwen3_gguf.errors import UserError
+from qwen3_gguf.files import vectors as vector_files
 from qwen3_gguf.files.chunking import Chunk
 from qwen3_gguf.files.outputs import open_output
 from qwen3_gguf.files.records import read_records
 from qwen3_gguf.files.store import SCHEMA_VERSION, Collection
-from qwen3_gguf.files.vectors import Snapshot, VectorFile, brute_force, matrix_path, nearest
+from qwen3_gguf.files.vectors import Snapshot, VectorFile, Vectors, brute_force, delta_path, matrix_path, nearest
 
 DIM = 48
 
@@ -93,7 +94,7 @@ def test_nearest_equals_a_float64_brute_force_scan_with_ties(dim):
 
     for query in [matrix[7], matrix[9], unit(rng.standard_normal(dim)), unit(matrix[7] + 0.01 * matrix[100])]:
         for k in (1, 3, 12, 40):
-            got = nearest(query, k, Snapshot(1, ids), None, fetch)
+            got = nearest(query, k, Vectors(None), Snapshot(1, ids), fetch)
             want = brute_force(matrix, ids, query, k)
             assert got.ids.tolist() == want.ids.tolist()
             np.testing.assert_array_equal(got.scores, want.scores)
@@ -140,6 +141,7 @@ def test_a_missing_stale_or_foreign_matrix_file_never_changes_results(collection
     replacement = make_records(random_vectors(1, seed=9), tmp_path)[0]
     collection.add([{**replacement, "path": str(tmp_path / "file0003.txt")}])   # 4 chunks become 1
     os.replace(stale, matrix_path(db))                            # stale: rows added and deleted since
+    delta_path(db).unlink()
     hits = collection.search(vector=query, k=10)
     assert [(h.path, h.chunk) for h in hits] == expected_hits(db, query, 10)
     assert str(tmp_path / "more" / "file0000.txt") in {h.path for h in hits}
@@ -324,3 +326,24 @@ def test_a_second_writer_waits_and_searches_read_the_committed_state(tmp_path):
     assert [name for name, message in events if message == "done"] == ["first", "second"]
     with Collection(db) as collection:
         assert len(collection) == 16
+
+
+def test_changes_go_to_a_delta_file_until_they_are_many(tmp_path, monkeypatch):
+    monkeypatch.setattr(vector_files, "DELTA_MIN_ROWS", 0)       # the 1/8 rule alone: 50 changes for 400 rows
+    db, vectors = tmp_path / "v.db", tricky_vectors(400)
+    with Collection(db) as collection:
+        collection.add(make_records(vectors, tmp_path), model="test-model")
+        matrix_written = matrix_path(db).stat().st_mtime_ns, matrix_path(db).stat().st_ino
+        collection.add(make_records(random_vectors(8, seed=3), tmp_path / "new"))          # 8 added
+        collection.add([{**make_records(random_vectors(1, seed=4), tmp_path)[0],           # 3 deleted, 1 added
+                         "path": str(tmp_path / "file0005.txt")}])
+        assert (matrix_path(db).stat().st_mtime_ns, matrix_path(db).stat().st_ino) == matrix_written
+        assert delta_path(db).is_file()
+        for query in (vectors[42], random_vectors(8, seed=3)[2], vectors[21]):
+            hits = collection.search(vector=query, k=10)
+            assert [(h.path, h.chunk) for h in hits] == expected_hits(db, query, 10)
+        collection.add(make_records(random_vectors(60, seed=5), tmp_path / "more"))        # many: a new matrix
+        assert (matrix_path(db).stat().st_mtime_ns, matrix_path(db).stat().st_ino) != matrix_written
+        assert not delta_path(db).exists()
+        query = random_vectors(60, seed=5)[7]
+        assert [(h.path, h.chunk) for h in collection.search(vector=query, k=10)] == expected_hits(db, query, 10)

@@ -41,7 +41,7 @@ from ..limits import check_dim
 from ..prompts import DEFAULT_INSTRUCTION
 from .chunking import Chunker
 from .embedding import EmbeddedBatch, embed_documents
-from .vectors import Snapshot, VectorFile, matrix_path, nearest
+from .vectors import Snapshot, Vectors, delta_path, matrix_path, nearest
 from .walk import DEFAULT_CHUNK_TOKENS, Counts, TextFiles
 
 SCHEMA_VERSION = 1
@@ -123,8 +123,8 @@ class Collection:
             raise UserError(f"no collection at {self.path}; build one with: qwen3-gguf index PATH... --db {self.path}")
         self._created = not self.path.exists()  # a new file is removed again if indexing fails
         self._on_wait = on_wait
-        self._vector_file: VectorFile | None = None
-        self._vector_file_stat: tuple | None = None
+        self._vectors = Vectors(None)
+        self._vectors_key: tuple | None = None
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.metadata = self._open_schema()
@@ -195,14 +195,14 @@ class Collection:
             report.pruned = self._forget([os.path.abspath(p) for p in files.no_text])
             if prune:
                 report.pruned += self._forget(self._missing_files())
-            self._write_vector_file()
+            self._update_vectors()
         return report
 
     def prune(self) -> int:
         """Forget documents whose files no longer exist; returns how many."""
         with self._writing():
             pruned = self._forget(self._missing_files())
-            self._write_vector_file()
+            self._update_vectors()
         return pruned
 
     def add(self, records: Iterable[Mapping], *, model: str | None = None,
@@ -237,7 +237,7 @@ class Collection:
             if batch:
                 self._store_records(batch, written, written_at, report)
             if report.chunks:
-                self._write_vector_file()
+                self._update_vectors()
         return report
 
     def _missing_files(self) -> list[str]:
@@ -331,10 +331,11 @@ class Collection:
             vector = self.embedder.encode(query, instruction=instruction, dim=self.dim)
         vector = self._query_vector(vector)
         n_candidates = max(k, rerank_top) if reranker is not None else k
-        self._refresh_vector_file_if_free()
-        with self._snapshot() as snapshot:
+        self._refresh_vectors_if_free()
+        with self._read_transaction():
+            vectors, snapshot = self._vectors_and_snapshot()
             allowed = self._chunks_under(path_glob) if path_glob else None
-            scored = nearest(vector, n_candidates, snapshot, self._vector_file, self._fetch_vectors, allowed)
+            scored = nearest(vector, n_candidates, vectors, snapshot, self._fetch_vectors, allowed)
             hits = [self._hit(int(chunk_id), float(score)) for chunk_id, score in zip(scored.ids, scored.scores)]
         if reranker is not None and hits:
             scores = reranker.score(query, [h.text for h in hits], instruction=instruction)
@@ -367,41 +368,36 @@ class Collection:
     # --- the vector file -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[Snapshot]:
-        """The generation and chunk ids, read in one transaction that lasts the block."""
+    def _read_transaction(self):
+        """One read snapshot of the database for the block (WAL: writers go on meanwhile)."""
         self._db.execute("BEGIN")
         try:
-            generation, file = self._current_vector_file()
-            if file is not None:
-                ids = np.asarray(file.ids)
-            else:
-                ids = np.fromiter((row[0] for row in self._db.execute("SELECT id FROM chunks ORDER BY id")),
-                                  dtype=np.int64)
-            yield Snapshot(generation, ids)
+            yield
         finally:
             self._db.execute("COMMIT")
 
-    def _current_vector_file(self) -> tuple[int, VectorFile | None]:
-        """The database's generation, and the matrix file if it is of that generation (else None)."""
+    def _vectors_and_snapshot(self) -> tuple[Vectors, Snapshot | None]:
+        """The vector files, and the database's chunk ids unless the files are current (inside a read transaction)."""
+        vectors, generation, current = self._vectors_state()
+        if current:
+            return vectors, None
+        ids = np.fromiter((row[0] for row in self._db.execute("SELECT id FROM chunks ORDER BY id")), dtype=np.int64)
+        return vectors, Snapshot(generation, ids)
+
+    def _vectors_state(self) -> tuple[Vectors, int, bool]:
+        """The vector files, the database's generation, and whether the files are of it."""
         generation, last_id = self._db.execute(
             "SELECT (SELECT value FROM generation), (SELECT coalesce(max(id), -1) FROM chunks)").fetchone()
-        file = self._open_vector_file()
-        last_in_file = int(file.ids[-1]) if file is not None and len(file.ids) else -1
-        current = file is not None and file.generation == generation and last_in_file == last_id
-        return generation, file if current else None
+        vectors = self._open_vectors()
+        return vectors, generation, vectors.is_current(generation, last_id)
 
-    def _open_vector_file(self) -> VectorFile | None:
-        """The matrix file, reopened when it was replaced since it was last opened."""
-        path = matrix_path(self.path)
-        try:
-            stat = os.stat(path)
-            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            key = None
-        if key != self._vector_file_stat:
-            self._vector_file = VectorFile.open(path, self._instance) if key else None
-            self._vector_file_stat = key
-        return self._vector_file
+    def _open_vectors(self) -> Vectors:
+        """The vector files, opened again when either was replaced since they were last opened."""
+        key = tuple(_file_key(path) for path in (matrix_path(self.path), delta_path(self.path)))
+        if key != self._vectors_key:
+            self._vectors = Vectors.open(self.path, self._instance)
+            self._vectors_key = key
+        return self._vectors
 
     def _fetch_vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of chunk `ids`, in that order (inside the caller's transaction)."""
@@ -414,27 +410,30 @@ class Collection:
                                                           dtype="<f4").reshape(len(part), -1)
         return rows
 
-    def _write_vector_file(self) -> None:
-        """Bring the matrix file to the database's current generation (the caller holds the writer lock)."""
-        if self.dim is None or self._current_vector_file()[1] is not None:
+    def _update_vectors(self) -> None:
+        """Bring the vector files to the database's current state (the caller holds the writer lock)."""
+        if self.dim is None:
             return
-        target = matrix_path(self.path)
         try:
-            with self._snapshot() as snapshot:
-                VectorFile.write(target, self._instance, snapshot, self.dim, self._open_vector_file(),
-                                 self._fetch_vectors)
+            with self._read_transaction():
+                vectors, snapshot = self._vectors_and_snapshot()
+                if snapshot is not None:
+                    vectors.update(self.path, self._instance, snapshot, self.dim, self._fetch_vectors)
         except OSError as exc:
-            raise UserError(f"cannot write {target}: {exc.strerror or exc}; the database is complete, "
-                            "and search reads its vectors from it until the file can be written") from None
+            raise UserError(f"cannot write {matrix_path(self.path)}: {exc.strerror or exc}; the database is "
+                            "complete, and search reads its vectors from it until the file can be written") from None
 
-    def _refresh_vector_file_if_free(self) -> None:
-        """Before a search: write a stale or missing matrix file, unless a writer is busy (then the
+    def _refresh_vectors_if_free(self) -> None:
+        """Before a search: update stale or missing vector files, unless a writer is busy (then the
         search reads the difference from the database) or the folder is read-only."""
-        if self.dim is None or self._current_vector_file()[1] is not None:
+        if self.dim is None:
             return
-        with contextlib.suppress(UserError, OSError), self._writing(wait=False) as free:
-            if free:
-                self._write_vector_file()
+        with self._read_transaction():
+            current = self._vectors_state()[2]
+        if not current:
+            with contextlib.suppress(UserError, OSError), self._writing(wait=False) as free:
+                if free:
+                    self._update_vectors()
 
     # --- writing safely --------------------------------------------------------------------------
 
@@ -599,7 +598,7 @@ class Collection:
             self._db.executemany("INSERT OR REPLACE INTO collection (key, value) VALUES (?, ?)", self.metadata.items())
 
     def close(self) -> None:
-        self._vector_file = None
+        self._vectors = Vectors(None)
         self._db.close()
 
     def __enter__(self):
@@ -611,7 +610,7 @@ class Collection:
             failed_empty = exc_type is not None and self._created and self.document_count == 0
         self.close()
         if failed_empty:
-            for suffix in ("", "-wal", "-shm", ".vectors", ".lock"):
+            for suffix in ("", "-wal", "-shm", ".vectors", ".vectors-delta", ".lock"):
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
 
 
@@ -682,6 +681,14 @@ def _identity_of(spec: str | Path) -> dict[str, str] | None:
         return _identity(read_model_file(path))
     except (UserError, OSError):
         return None
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _describe(identity: dict[str, str]) -> str:
