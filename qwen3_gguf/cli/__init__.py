@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ._common import AppGroup, AppState
+from .bench import bench
 from .convert import convert
 from .embed import embed, rerank
 from .files import embed_files
@@ -26,6 +27,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj.verbose = verbose
 
 
-for command in (convert, info, embed, embed_files, rerank, models, index, search, imatrix, quantize, sweep):
+for command in (convert, info, embed, embed_files, rerank, models, index, search, imatrix, quantize, sweep, bench):
     cli.add_command(command)
 cli.add_command(serve)
