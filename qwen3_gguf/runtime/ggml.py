@@ -48,6 +48,14 @@ GGMLTensor._fields_ = [
 
 
 @functools.cache
+def load_ggml_cpu() -> ctypes.CDLL:
+    """ggml-cpu, the CPU backend, with the feature query we call declared."""
+    lib = load_shared_library("ggml-cpu", llama.llama_cpp._base_path)
+    lib.ggml_cpu_has_amx_int8.argtypes, lib.ggml_cpu_has_amx_int8.restype = [], ctypes.c_int
+    return lib
+
+
+@functools.cache
 def load_ggml() -> ctypes.CDLL:
     """ggml-base, the library under libllama, with the few functions we call declared."""
     lib = load_shared_library("ggml-base", llama.llama_cpp._base_path)

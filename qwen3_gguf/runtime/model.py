@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..tensor_names import CLASSIFIER, OTHER_CLASSIFIER_TENSORS
+from .amx import built_with_amx
 
 
 class LlamaModel:
@@ -20,6 +21,7 @@ class LlamaModel:
     def __init__(self, path: Path, *, gpu_layers: int = 0):
         params = llama.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
+        params.use_extra_bufts = not built_with_amx()  # its AMX path dies with SIGILL: see amx.py
         self._model = llama.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise UserError(f"llama.cpp could not load {path} (run with --verbose to see why)")
