@@ -1,18 +1,28 @@
-"""The model catalog: names such as `qwen3-embedding-4b:q4_k_m` → GGUF files in the Hugging Face cache.
+"""The model catalog: names such as `qwen3-embedding-4b:q4_k_m` → GGUF files.
 
-The catalog is `models.toml`, shipped inside the package. Files are resolved with
-huggingface_hub, so its cache (`HF_HOME`, `HF_HUB_CACHE`) and offline mode (`HF_HUB_OFFLINE=1`)
-apply as they do everywhere else.
+The catalog is `models.toml`, shipped with the package. A name is `MODEL[:TYPE[+RECIPE]]`, TYPE any
+llama.cpp type or hybrid (q4_k_m, iq4_xs, bf16_q8_0) and RECIPE a shipped recipe (bump-edges):
+
+- a published GGUF of that TYPE (and no recipe) resolves through huggingface_hub's cache, so its
+  `HF_HOME`, tokens and offline mode (`HF_HUB_OFFLINE=1`) apply as everywhere else;
+- any other name is a build, made from the model's source checkpoint by `qwen3_gguf.builds` and
+  kept in the build cache (`build_cache_dir()`): it resolves once its manifest is written.
+
+`hf://OWNER/REPO/FILE.gguf` names any GGUF on the Hub; anything else is a path.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hub
 from .data import catalog_file
 from .errors import UserError
 
@@ -20,6 +30,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+BUILD_CACHE_ENV = "QWEN3_GGUF_BUILD_CACHE"
+NAME = re.compile(r"^(?P<model>[^:+]+)(?::(?P<quant>[^:+]+)(?:\+(?P<recipe>[^:+]+))?)?$")
+DEFAULT_RECIPE = "llama-default"   # the type's own choices: what published GGUFs are
 
 
 @dataclass(frozen=True)
@@ -32,27 +46,33 @@ class GGUFSource:
 class CatalogModel:
     name: str
     kind: str                       # "embedding" or "reranker"
-    source: str                     # the Hugging Face checkpoint it is made from
-    dimension: int
-    layers: int
-    context_length: int
-    default_instruction: str
-    quants: dict[str, GGUFSource]   # quant name → published GGUF
-    default_quant: str | None = None
-    mrl_min_dimension: int | None = None
+    source: str                     # the Hugging Face checkpoint it is made from (builds)
+    dimension: int                  # listed by `qwen3-gguf models`
+    default_quant: str              # the TYPE of a name without one
+    quants: dict[str, GGUFSource]   # TYPE → published GGUF
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """One model at one quant: what `NAME:QUANT` means."""
+    """One model at one type and recipe: what `MODEL:TYPE[+RECIPE]` means."""
 
     model: CatalogModel
-    quant: str
-    gguf: GGUFSource
+    quant: str                      # lower case, as written: q4_k_m, bf16_q8_0
+    recipe: str | None              # None: the type's own per-tensor choices
+    published: GGUFSource | None    # None: made by a build
 
     @property
     def spec(self) -> str:
-        return f"{self.model.name}:{self.quant}"
+        return f"{self.model.name}:{self.quant}" + (f"+{self.recipe}" if self.recipe else "")
+
+
+class NotBuilt(UserError):
+    """A name with no published GGUF whose build has not been made (qwen3_gguf.builds makes it)."""
+
+    def __init__(self, entry: CatalogEntry):
+        super().__init__(f"{entry.spec} has no published GGUF and is not built yet; build it with: "
+                         f"qwen3-gguf models --build {entry.spec}")
+        self.entry = entry
 
 
 @functools.cache
@@ -85,56 +105,110 @@ def is_model_path(name_or_path: str | Path) -> bool:
 
 
 def lookup(spec: str, kind: str | None = None) -> CatalogEntry:
-    """The catalog entry for `NAME` or `NAME:QUANT` (any case); a UserError if there is none."""
-    name, _, quant = spec.strip().lower().partition(":")
+    """The catalog entry for `MODEL[:TYPE[+RECIPE]]` (any case); a UserError naming close matches
+    if the model is unknown. TYPE and RECIPE of a build are checked by `qwen3_gguf.builds`."""
     catalog = load_catalog()
-    model = catalog.get(name)
+    match = NAME.match(spec.strip().lower())
+    model = catalog.get(match["model"]) if match else None
     if model is None:
-        known = ", ".join(m.name for m in catalog.values() if kind is None or m.kind == kind)
-        raise UserError(f"{spec!r} is neither a GGUF file nor a model in the catalog (known: {known}); "
-                        "see qwen3-gguf models")
+        known = [m.name for m in catalog.values() if kind is None or m.kind == kind]
+        hint = did_you_mean(match["model"] if match else spec.strip().lower(), known)
+        raise UserError(f"{spec!r} is neither a GGUF file nor a model in the catalog ({hint}known: "
+                        f"{', '.join(known)}); see qwen3-gguf models")
     if kind is not None and model.kind != kind:
-        raise UserError(f"{model.name} is {'a reranker' if model.kind == 'reranker' else 'an embedding model'}, "
-                        f"not {'a reranker' if kind == 'reranker' else 'an embedding model'}")
-    if not model.quants:
-        raise UserError(f"no published GGUF of {model.name} is known; convert its checkpoint: "
-                        f"hf download {model.source} --local-dir {model.name} && "
-                        f"qwen3-gguf convert {model.name} -o {model.name}.gguf")
-    quant = quant or model.default_quant
-    if quant not in model.quants:
-        raise UserError(f"{model.name} has no {quant} GGUF in the catalog; available: {', '.join(model.quants)}")
-    return CatalogEntry(model, quant, model.quants[quant])
+        raise UserError(f"{model.name} is {_kind_phrase(model.kind)}, not {_kind_phrase(kind)}")
+    quant = match["quant"] or model.default_quant
+    recipe = match["recipe"] if match["recipe"] != DEFAULT_RECIPE else None
+    published = model.quants.get(quant) if recipe is None else None
+    return CatalogEntry(model, quant, recipe, published)
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """'did you mean X? ' naming the closest of `choices` (all that are equally close), or ''."""
+    scores = {choice: difflib.SequenceMatcher(None, word, choice).ratio() for choice in choices}
+    best = max(scores.values(), default=0.0)
+    close = [choice for choice, score in scores.items() if score >= max(best, 0.6)]
+    return f"did you mean {' or '.join(close)}? " if close else ""
+
+
+def _kind_phrase(kind: str) -> str:
+    return "a reranker" if kind == "reranker" else "an embedding model"
+
+
+# --- published GGUFs -------------------------------------------------------------------------
 
 
 def cached_path(entry: CatalogEntry) -> Path | None:
-    """Where the entry's GGUF lies in the Hugging Face cache, or None if it is not there."""
+    """Where the entry's published GGUF lies in the Hugging Face cache, or None if it is not there."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(entry.gguf.repo, entry.gguf.file)
+    found = try_to_load_from_cache(entry.published.repo, entry.published.file)
     return Path(found) if isinstance(found, str) else None
 
 
 def download(entry: CatalogEntry) -> Path:
-    """The entry's GGUF from the cache, downloading it first when online and not cached."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    """The entry's published GGUF from the cache, downloading it first when the Hub can be reached."""
+    return hub.hub_file(entry.published.repo, entry.published.file,
+                        what=f"{entry.spec} ({entry.published.file} from {entry.published.repo})",
+                        fetch=f"qwen3-gguf models --download {entry.spec}")
 
+
+# --- builds ----------------------------------------------------------------------------------
+
+
+def build_cache_dir() -> Path:
+    """Where builds live: $QWEN3_GGUF_BUILD_CACHE, else $XDG_CACHE_HOME/qwen3-gguf/builds
+    (~/.cache/qwen3-gguf/builds)."""
+    if configured := os.environ.get(BUILD_CACHE_ENV):
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen3-gguf" / "builds"
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    gguf: Path
+    manifest: Path
+
+
+def build_paths(entry: CatalogEntry) -> BuildPaths:
+    """BUILDS/MODEL/MODEL-TYPE[+RECIPE].gguf and its manifest .json beside it."""
+    stem = entry.spec.replace(":", "-")
+    folder = build_cache_dir() / entry.model.name
+    return BuildPaths(folder / f"{stem}.gguf", folder / f"{stem}.json")
+
+
+def read_build(paths: BuildPaths) -> dict | None:
+    """The manifest of a finished build (its GGUF present, of the size it records), else None."""
     try:
-        return Path(hf_hub_download(entry.gguf.repo, entry.gguf.file))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise UserError(
-            f"{entry.spec} ({entry.gguf.file} from {entry.gguf.repo}) is not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}) and {why}; fetch it with: qwen3-gguf models --download {entry.spec} "
-            f"(or: hf download {entry.gguf.repo} {entry.gguf.file})"
-        ) from None
-    except HfHubHTTPError as exc:
-        reason = str(exc).splitlines()[0]
-        raise UserError(f"could not download {entry.gguf.file} from {entry.gguf.repo}: {reason}") from None
+        manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
+        if paths.gguf.stat().st_size == manifest["size"]:
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def list_builds() -> list[dict]:
+    """The manifests of every finished build in the build cache, by name."""
+    found = []
+    for manifest_path in sorted(build_cache_dir().glob("*/*.json")):
+        manifest = read_build(BuildPaths(manifest_path.with_suffix(".gguf"), manifest_path))
+        if manifest is not None:
+            found.append(manifest)
+    return found
 
 
 def resolve_model(name_or_path: str | Path, kind: str) -> Path:
-    """The GGUF file for a path or a catalog name (`qwen3-embedding-0.6b`, `…-4b:q4_k_m`)."""
+    """The GGUF file for a path, an hf:// reference or a catalog name: a published GGUF or a
+    finished build (NotBuilt, a UserError, when the name needs a build that was not made)."""
+    if isinstance(name_or_path, str) and hub.hf_reference(name_or_path):
+        return hub.hf_gguf(name_or_path)
     if is_model_path(name_or_path):
         return Path(name_or_path)
-    return download(lookup(str(name_or_path), kind))
+    entry = lookup(str(name_or_path), kind)
+    if entry.published is not None:
+        return download(entry)
+    paths = build_paths(entry)
+    if read_build(paths) is None:
+        raise NotBuilt(entry)
+    return paths.gguf

@@ -1,4 +1,4 @@
-"""Progress bars on stderr, shown only when asked for and when stderr is a terminal."""
+"""Progress on stderr: bars, shown only when asked for and when stderr is a terminal, and sizes in words."""
 
 from __future__ import annotations
 
@@ -17,3 +17,12 @@ def progress_bar(*, total: int, enabled: bool, unit: str, desc: str | None = Non
     with tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr,
               dynamic_ncols=True, disable=not sys.stderr.isatty(), leave=False) as bar:
         yield bar
+
+
+def size_text(n_bytes: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")

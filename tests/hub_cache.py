@@ -34,6 +34,14 @@ class HubCache:
         (folder / "refs" / "main").write_text(COMMIT)
         return snapshot
 
+    def add_checkpoint(self, repo: str, checkpoint: Path) -> Path:
+        """Every file of the checkpoint folder `checkpoint` under `repo`, as `hf download` leaves
+        them; returns the snapshot folder."""
+        for path in sorted(checkpoint.iterdir()):
+            if path.is_file():
+                snapshot = self.add(repo, path.name, path)
+        return snapshot.parent
+
 
 def offline_hub(monkeypatch, root: Path) -> HubCache:
     """Point huggingface_hub (in this process and in child processes) at `root`, offline."""

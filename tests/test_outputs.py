@@ -107,14 +107,25 @@ def test_parquet_without_pyarrow_is_a_clear_error(corpus, tmp_path, embedding_gg
     assert not (tmp_path / "v.parquet").exists()
 
 
-def test_parquet_when_pyarrow_is_installed(corpus, tmp_path, embedding_gguf_64, embedder_64):
-    pq = pytest.importorskip("pyarrow.parquet")
-    result = run("embed", "--files", "-m", embedding_gguf_64, "--format", "parquet", "-o", tmp_path / "v.parquet",
-                 corpus)
-    assert result.exit_code == 0, result.output
-    table = pq.read_table(tmp_path / "v.parquet").to_pylist()
-    texts = [open(r["path"]).read()[r["start"]:r["end"]] for r in table]
-    np.testing.assert_allclose([r["vector"] for r in table], embedder_64.encode(texts), atol=1e-6)
+def test_parquet_agrees_with_jsonl_and_encode(corpus, tmp_path, embedding_gguf_64, embedder_64):
+    """pyarrow is in the test extra: the Parquet writer runs end to end in every test run."""
+    import pyarrow.parquet as pq
+
+    parquet = run("embed", "--files", "-m", embedding_gguf_64, "--format", "parquet", "-o", tmp_path / "v.parquet",
+                  corpus)
+    assert parquet.exit_code == 0, parquet.output
+    jsonl = run("embed", "--files", "-m", embedding_gguf_64, "-o", tmp_path / "r.jsonl", corpus)
+    assert jsonl.exit_code == 0, jsonl.output
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert table.schema.field("vector").type.value_type == "float"
+    rows = table.to_pylist()
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == len(records) == 6
+    assert [{k: v for k, v in r.items() if k != "vector"} for r in rows] == \
+        [{k: v for k, v in r.items() if k != "vector"} for r in records]
+    texts = [open(r["path"]).read()[r["start"]:r["end"]] for r in rows]
+    np.testing.assert_allclose([r["vector"] for r in rows], embedder_64.encode(texts), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "r.jsonl", "v.parquet"]
 
 
 def test_file_formats_need_an_output_path(corpus, embedding_gguf_64):

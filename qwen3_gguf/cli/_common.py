@@ -13,6 +13,7 @@ import click
 
 from ..errors import UserError
 from ..limits import MAX_INPUT_TOKENS
+from ..progress import size_text  # noqa: F401 - the commands import it from here
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -58,9 +59,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 # --- shared options ------------------------------------------------------------------------------
 
 def model_option(*, kind: str = "Embedding", default: str | None = None, required: bool = False, help: str = ""):
-    text = help or f"{kind} GGUF file or catalog name (see qwen3-gguf models)."
+    """-m/--model: a GGUF file, hf://OWNER/REPO/FILE.gguf or a catalog name; a name nobody published
+    is built here, before the command runs (see qwen3_gguf.builds)."""
+    text = help or (f"{kind} GGUF file, hf://OWNER/REPO/FILE.gguf or catalog name MODEL[:TYPE[+RECIPE]] "
+                    "(see qwen3-gguf models).")
+
+    def build_on_demand(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            from ..builds import build_if_needed
+
+            build_if_needed(value, kind.lower(), say=lambda line: click.echo(line, err=True))
+        return value
+
     return click.option("-m", "--model", default=default, required=required, show_default=default is not None,
-                        help=text)
+                        help=text, callback=build_on_demand)
 
 
 device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -102,14 +114,6 @@ def stdin_lines() -> list[str]:
 def one_line(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def size_text(n_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    raise AssertionError("unreachable")
 
 
 def display_path(path: str) -> str:
