@@ -6,7 +6,8 @@ The 0.6B-shaped random-weight checkpoint of benchmarks/run.py (its GGUFs and tex
 - qwen3-gguf `Embedder.encode` at F16, Q8_0, Q4_K_M, plus any `--types` of
   benchmarks/quant_types.py (built on first use);
 - ONNX Runtime fp32 and dynamic int8 (per-channel `quantize_dynamic`) of an ONNX export of the
-  same checkpoint (torch.onnx, or optimum when torch.onnx fails), made here on first use;
+  same checkpoint by torch.onnx, made here on first use (optimum-onnx 0.1.0 would need
+  transformers < 4.58);
 - OpenVINO fp32 and int8 weights (NNCF `compress_weights`) of that export, where installed;
 - llama-cpp-python's `Llama.embed` on the Q8_0 GGUF with n_ctx = n_batch = 2,048 (every
   document fits);
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -61,24 +63,25 @@ RESULTS_MD = BENCH / "results.md"
 
 
 def systems(paths: dict, extra_types: list[str]) -> list[dict]:
-    """Every system to measure: a label and what its child process needs."""
-    out = [{"label": f"qwen3-gguf {quant.upper()}", "child": "qwen3_gguf", "model": str(paths[quant])}
-           for quant in bench.QUANTS]
+    """Every system to measure, in the order of a round: the reference first (every cosine needs
+    it), then those the targets compare, then the others."""
+    ours = [{"label": f"qwen3-gguf {quant.upper()}", "child": "qwen3_gguf", "model": str(paths[quant])}
+            for quant in bench.QUANTS]
     if extra_types:
         from quant_types import VARIANTS, build_variant
 
-        for name in extra_types:
-            out.append({"label": f"qwen3-gguf {name}", "child": "qwen3_gguf",
-                        "model": str(build_variant(VARIANTS[name], paths))})
-    out += [
-        {"label": "ONNX Runtime fp32", "child": "onnxruntime", "model": str(ONNX_DIR / "fp32" / "model.onnx")},
+        ours += [{"label": f"qwen3-gguf {name}", "child": "qwen3_gguf",
+                  "model": str(build_variant(VARIANTS[name], paths))} for name in extra_types]
+    out = [
+        {"label": REFERENCE, "child": "transformers"},
         {"label": "ONNX Runtime int8 (dynamic, per-channel)", "child": "onnxruntime",
          "model": str(ONNX_DIR / "int8" / "model.onnx")},
+        {"label": "ONNX Runtime fp32", "child": "onnxruntime", "model": str(ONNX_DIR / "fp32" / "model.onnx")},
+        *ours,
         {"label": "OpenVINO fp32", "child": "openvino", "model": str(ONNX_DIR / "openvino-fp32" / "model.xml")},
         {"label": "OpenVINO int8 weights", "child": "openvino", "model": str(ONNX_DIR / "openvino-int8" / "model.xml")},
         {"label": f"llama-cpp-python Llama.embed Q8_0, n_ctx {LLAMA_EMBED_CTX}", "child": "llama_embed",
          "model": str(paths["q8_0"])},
-        {"label": REFERENCE, "child": "transformers"},
     ]
     for system in out:
         system["checkpoint"] = str(paths["checkpoint"])
@@ -89,8 +92,8 @@ def systems(paths: dict, extra_types: list[str]) -> list[dict]:
 
 
 def export_onnx(checkpoint: Path, out: Path) -> str:
-    """fp32 ONNX of the checkpoint: input_ids, attention_mask → last_hidden_state, dynamic batch
-    and sequence axes. torch.onnx first; optimum's exporter when torch.onnx fails."""
+    """fp32 ONNX of the checkpoint by torch.onnx: input_ids, attention_mask → last_hidden_state,
+    dynamic batch and sequence axes (traced on a left-padded batch, as the model card batches)."""
     import torch
     from transformers import AutoModel
 
@@ -105,23 +108,15 @@ def export_onnx(checkpoint: Path, out: Path) -> str:
     model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
     input_ids = torch.randint(1000, 2000, (2, 16))
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, :5] = 0  # left padding, as the model card batches
+    attention_mask[1, :5] = 0
     axes = {0: "batch", 1: "sequence"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(LastHiddenState(model), (input_ids, attention_mask), str(out),
-                              input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
-                              opset_version=18, external_data=True)
-        return f"torch.onnx.export (torch {torch.__version__})"
-    except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
-        first_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    del model
-    from optimum.exporters.onnx import main_export
-
-    main_export(str(checkpoint), output=str(out.parent), task="feature-extraction", do_validation=False)
-    return f"optimum main_export (torch.onnx.export failed: {first_error[:200]})"
+    with torch.no_grad():
+        torch.onnx.export(LastHiddenState(model), (input_ids, attention_mask), str(out),
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+                          opset_version=18, external_data=True)
+    return f"torch.onnx.export (torch {torch.__version__})"
 
 
 def child_prepare(spec: dict) -> dict:
@@ -198,17 +193,19 @@ def measure(load, encode_documents, encode_queries, spec: dict, queries_as_promp
     load_s = time.perf_counter() - started
     encode_documents(model, documents[:1])  # warm-up: the shortest document and two queries
     encode_queries(model, queries[:2])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     document_vectors = encode_documents(model, documents)
-    documents_s = time.perf_counter() - started
+    documents_s, documents_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     documents_rss = bench.peak_rss()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     query_vectors = encode_queries(model, queries)
-    queries_s = time.perf_counter() - started
+    queries_s, queries_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     if spec.get("vectors"):
         np.savez(spec["vectors"], documents=np.asarray(document_vectors, dtype=np.float32),
                  queries=np.asarray(query_vectors, dtype=np.float32))
-    return {"load_s": load_s, "documents_s": documents_s, "queries_s": queries_s, "documents_rss": documents_rss}
+    return {"load_s": load_s, "documents_s": documents_s, "queries_s": queries_s, "documents_rss": documents_rss,
+            "documents_cpu_s": documents_cpu_s, "queries_cpu_s": queries_cpu_s,
+            "load_average": os.getloadavg()[1]}  # the machine is shared: how busy it was meanwhile
 
 
 def unit(vectors) -> np.ndarray:
@@ -366,6 +363,9 @@ def summarize(system: dict, rounds: list[dict], tokens: dict) -> dict:
            "queries_tokens_per_s": tokens["queries"] / statistics.median(r["queries_s"] for r in rounds),
            "documents_peak_rss": statistics.median(r["documents_rss"] for r in rounds),
            "load_s": statistics.median(r["load_s"] for r in rounds)}
+    loads = [r["load_average"] for r in rounds if "load_average" in r]
+    if loads:
+        row["load_average"] = statistics.median(loads)
     if system.get("made_by"):
         row["made_by"] = system["made_by"]
     return row
@@ -406,17 +406,19 @@ def _target(name: str, ours: float, theirs: float, goal: float) -> dict:
 
 def table(report: dict) -> str:
     head = ("| system | documents tok/s | queries tok/s | peak RSS (documents) MiB | "
-            "cos docs min / mean | cos queries min / mean |")
+            "cos docs min / mean | cos queries min / mean | rounds | load average |")
     lines = [head, bench.head_rule(head)]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | |")
+            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | | |")
             continue
         cos = r.get("cosine")
         fidelity = ["reference", "reference"] if r["label"] == REFERENCE else [
             f"{cos[p]['min']:.4f} / {cos[p]['mean']:.4f}" for p in ("documents", "queries")]
+        load = f"{r['load_average']:.0f}" if "load_average" in r else "—"
         lines.append(f"| {r['label']} | {r['documents_tokens_per_s']:.1f} | {r['queries_tokens_per_s']:.1f} | "
-                     f"{r['documents_peak_rss'] / MIB:,.0f} | {fidelity[0]} | {fidelity[1]} |")
+                     f"{r['documents_peak_rss'] / MIB:,.0f} | {fidelity[0]} | {fidelity[1]} | {len(r['rounds'])} | "
+                     f"{load} |")
     return "\n".join(lines)
 
 
@@ -425,9 +427,10 @@ def markdown(report: dict) -> str:
     lines = [
         "## Peers: the CPU runtimes a user would pick instead",
         "",
-        f"{meta['machine']}; {meta['threads']} threads; median of {meta['runs']} round(s), every system in a "
-        f"fresh process in each round, the systems alternating; {meta['date']}; the machine was shared with "
-        f"other work. Same checkpoint (random weights, Qwen3-Embedding-0.6B shape) and texts for all: "
+        f"{meta['machine']}; {meta['threads']} threads; medians over rounds (of {meta['runs']} asked), "
+        f"every system in a fresh process in each round, the systems alternating; {meta['date']}; the machine "
+        f"was shared with other work (load average {meta['load_average'][1]} at the end). Same checkpoint "
+        "(random weights, Qwen3-Embedding-0.6B shape) and texts for all: "
         f"{meta['n_documents']} documents of {meta['document_lengths']} tokens ({meta['tokens']['documents']:,}), "
         f"{meta['n_queries']} queries with the default instruction ({meta['tokens']['queries']:,} tokens). "
         f"Documents one per call; queries in batches of {QUERY_BATCH} for ONNX Runtime, OpenVINO and "
@@ -474,6 +477,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     parser.add_argument("--types", default="", help="also these benchmarks/quant_types.py variants, comma-separated")
     parser.add_argument("--only", help="only the systems with these labels, comma-separated")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the measurements of an interrupted run and do only the missing ones")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -494,7 +499,10 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(",")) | {REFERENCE}  # fidelity needs the reference
         chosen = [s for s in chosen if s["label"] in wanted]
+    saved = VECTORS / "rounds.json"  # every finished measurement, for --resume
     rounds: dict[str, list[dict]] = {s["label"]: [] for s in chosen}
+    if args.resume and saved.is_file():
+        rounds.update({k: v for k, v in json.loads(saved.read_text()).items() if k in rounds})
     errors: dict[str, str] = {}
     for system in chosen:
         try:
@@ -503,38 +511,45 @@ def main() -> None:
             errors[system["label"]] = f"preparing it failed: {exc}"
     for round_index in range(args.runs):
         for system in chosen:
-            if system["label"] in errors:
+            if system["label"] in errors or len(rounds[system["label"]]) > round_index:
                 continue
             log(f"round {round_index + 1}: {system['label']}")
-            vectors = VECTORS / f"{system['label'].replace(' ', '_').replace('/', '_')}.npz"
             spec = {**system, "threads": args.threads, "inputs": str(inputs_file),
-                    "vectors": str(vectors) if round_index == 0 else None}
+                    "vectors": str(vectors_of(system)) if round_index == 0 else None}
             try:
                 rounds[system["label"]].append(run_child(spec))
             except RuntimeError as exc:
                 errors[system["label"]] = str(exc)[:300]
                 log(f"  failed: {errors[system['label']]}")
-    reference = VECTORS / f"{REFERENCE.replace(' ', '_')}.npz"
+            saved.write_text(json.dumps(rounds))
+            report(args, inputs, tokens, chosen, rounds, errors)  # an interrupted run keeps its work
+    print(markdown(json.loads((BENCH / "peers.json").read_text())))
+
+
+def vectors_of(system: dict) -> Path:
+    return VECTORS / f"{system['label'].replace(' ', '_').replace('/', '_')}.npz"
+
+
+def report(args, inputs: dict, tokens: dict, chosen: list[dict], rounds: dict, errors: dict) -> None:
+    """Write benchmarks/peers.json and the Peers section of results.md from the rounds so far."""
+    reference = vectors_of({"label": REFERENCE})
     rows = []
     for system in chosen:
         if system["label"] in errors:
             rows.append({"label": system["label"], "error": errors[system["label"]]})
-            continue
-        row = summarize(system, rounds[system["label"]], tokens)
-        vectors = VECTORS / f"{system['label'].replace(' ', '_').replace('/', '_')}.npz"
-        if reference.is_file():
-            row["cosine"] = cosines(vectors, reference)
-        rows.append(row)
-    report = {"meta": machine_meta(args, inputs, tokens), "rows": rows}
-    report["targets"] = targets(rows) if reference.is_file() else []
-    (BENCH / "peers.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    text = markdown(report)
-    write_section("peers", text)
-    print(text)
+        elif rounds[system["label"]]:
+            row = summarize(system, rounds[system["label"]], tokens)
+            if reference.is_file():
+                row["cosine"] = cosines(vectors_of(system), reference)
+            rows.append(row)
+    meta = machine_meta(args, inputs, tokens)
+    meta["rounds_done"] = max((len(r) for label, r in rounds.items() if label not in errors), default=0)
+    result = {"meta": meta, "rows": rows, "targets": targets(rows) if reference.is_file() else []}
+    (BENCH / "peers.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_section("peers", markdown(result))
 
 
 def machine_meta(args, inputs: dict, tokens: dict) -> dict:
-    import os
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -545,6 +560,7 @@ def machine_meta(args, inputs: dict, tokens: dict) -> dict:
         pass
     lengths = inputs["document_tokens"]
     return {"machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}", "threads": args.threads,
+            "load_average": [round(x, 1) for x in os.getloadavg()],
             "runs": args.runs, "date": time.strftime("%Y-%m-%d %H:%M"), "argv": " ".join(sys.argv[1:]),
             "n_documents": len(lengths), "document_lengths": f"{min(lengths)}–{max(lengths)}",
             "n_queries": len(inputs["queries"]), "tokens": tokens}

@@ -9,9 +9,9 @@ and ffn_down at Q8_0 over a repacked 4-bit base), all quantized from the same F1
 this project's quantizer. (Named quant_types.py: a benchmarks/types.py would shadow Python's
 `types` module for every script in this folder.)
 
-The texts are those of benchmarks/run.py and peers.py: 5 documents of 64–1,024 tokens (the
-2,048-token one left out to halve the time; attention costs every type the same) and 32
-queries under the default instruction. Each file runs in a fresh process per round, the rounds
+The texts are those of benchmarks/run.py and peers.py: by default 5 documents of 64–1,024
+tokens (the 2,048-token one left out to halve the time; attention costs every type the same)
+and 32 queries under the default instruction. Each file runs in a fresh process per round, the rounds
 alternating the files; fidelity is the min/mean cosine to the BF16 GGUF (the checkpoint's exact
 weights) on the same inputs.
 
@@ -38,7 +38,7 @@ import run as bench  # noqa: E402 - the checkpoint, GGUFs and texts
 
 CACHE, MIB = bench.CACHE, bench.MIB
 REFERENCE = "BF16"
-N_DOCUMENTS = 5  # of benchmarks/run.py's 6: 64–1,024 tokens
+N_DOCUMENTS = 5  # of benchmarks/run.py's 6 (64–2,048 tokens): 64–1,024 tokens
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="rounds; every file once per round (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     parser.add_argument("--only", help=f"only these, comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--documents", type=int, default=N_DOCUMENTS,
+                        help=f"the first N of benchmarks/run.py's documents, shortest first (default {N_DOCUMENTS})")
     args = parser.parse_args()
 
     def log(message):
@@ -170,8 +172,8 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     paths = bench.build_models(log)
     inputs = bench.make_inputs(paths, quick=False)
-    inputs["documents"] = inputs["documents"][:N_DOCUMENTS]
-    inputs["document_tokens"] = inputs["document_tokens"][:N_DOCUMENTS]
+    inputs["documents"] = inputs["documents"][:args.documents]
+    inputs["document_tokens"] = inputs["document_tokens"][:args.documents]
     peers.VECTORS.mkdir(parents=True, exist_ok=True)
     inputs_file = peers.VECTORS / "types-inputs.json"
     inputs_file.write_text(json.dumps({"documents": inputs["documents"], "queries": inputs["queries"]}))
