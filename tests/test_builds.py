@@ -247,3 +247,34 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
         assert result.stderr == message
         assert elapsed < start_up + 2, f"{args}: {elapsed:.1f} s (start-up {start_up:.1f} s)"
     assert not (tmp_path / "builds").exists()
+
+
+def test_online_the_hub_sizes_are_checked_against_free_space_before_any_download(hub, monkeypatch, tmp_path):
+    """The planning path of a machine with network (the Hub's answer stubbed: no network here): the
+    file list and sizes come from the Hub's metadata, and a disk too small is refused before a byte
+    is fetched."""
+    monkeypatch.setenv("QWEN3_GGUF_BUILD_CACHE", str(tmp_path / "builds"))
+    monkeypatch.setattr("qwen3_gguf.hub.offline", lambda: False)
+    gib = 2**30
+    files = {"config.json": 1_000, "tokenizer.json": 11_000_000, "tokenizer_config.json": 9_000, "README.md": 20_000,
+             "generation_config.json": 200, "model.safetensors.index.json": 30_000,
+             "model-00001-of-00002.safetensors": 5 * gib, "model-00002-of-00002.safetensors": 3 * gib}
+    asked = []
+
+    def model_info(self, repo, files_metadata=False, **kwargs):
+        asked.append((repo, files_metadata))
+        return SimpleNamespace(sha="f" * 40, siblings=[SimpleNamespace(rfilename=n, size=s) for n, s in files.items()])
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", model_info)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_download)
+    monkeypatch.setattr("qwen3_gguf.builds.shutil.disk_usage", lambda path: SimpleNamespace(free=10 * gib))
+    result = run("models", "--build", "qwen3-embedding-8b:q4_k_m+bump-edges")
+    assert asked == [("Qwen/Qwen3-Embedding-8B", True)]
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: not enough free space in ")
+    assert "it needs 18.8 GiB (the checkpoint download 8.0 GiB, the converted GGUF 8.0 GiB, the Q4_K_M GGUF 2.8 GiB)" \
+        in result.stderr, result.stderr
+    assert result.stderr.endswith("and 10.0 GiB are free\n")
