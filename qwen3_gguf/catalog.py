@@ -71,7 +71,8 @@ class NotBuilt(UserError):
 
     def __init__(self, entry: CatalogEntry):
         super().__init__(f"{entry.spec} has no published GGUF and is not built yet; build it with: "
-                         f"qwen3-gguf models --build {entry.spec}")
+                         f"qwen3-gguf models --build {entry.spec} (from Python: "
+                         f"qwen3_gguf.builds.build_model({entry.spec!r}))")
         self.entry = entry
 
 
