@@ -215,18 +215,16 @@ def test_not_enough_disk_space_is_refused_with_the_sizes(hub, monkeypatch, tmp_p
 
 
 def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
-    """No HF_HUB_OFFLINE, an endpoint nobody answers (loopback port 9): exit 2, no retry lines,
-    within 2 s of the start-up of the command."""
+    """No HF_HUB_OFFLINE, an endpoint nobody answers (loopback port 9): exit 2, one line, no retry
+    lines, and under 2 s more than the same command given a missing local file (same start-up)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9",
                QWEN3_GGUF_BUILD_CACHE=str(tmp_path / "builds"))
-    exe = console_script()
-    started = time.monotonic()
-    subprocess.run([exe, "models", "--help"], env=env, capture_output=True, check=True, timeout=120)
-    start_up = time.monotonic() - started
     unreachable = "the Hub (http://127.0.0.1:9) cannot be reached (HF_HUB_OFFLINE=1 skips trying)"
+    missing = str(tmp_path / "missing.gguf")
     cases = [
-        (["embed", "hello"], "Error: qwen3-embedding-0.6b:q8_0 (Qwen3-Embedding-0.6B-Q8_0.gguf from "
+        (["embed", "-m", "qwen3-embedding-0.6b", "hello"],
+         "Error: qwen3-embedding-0.6b:q8_0 (Qwen3-Embedding-0.6B-Q8_0.gguf from "
          f"Qwen/Qwen3-Embedding-0.6B-GGUF) is not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'}) and "
          f"{unreachable}; fetch it with: qwen3-gguf models --download qwen3-embedding-0.6b:q8_0 "
          "(or: hf download Qwen/Qwen3-Embedding-0.6B-GGUF Qwen3-Embedding-0.6B-Q8_0.gguf)\n"),
@@ -240,12 +238,15 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
          "(or: hf download someone/Community-GGUF model-Q4_K_M.gguf)\n"),
     ]
     for args, message in cases:
-        started = time.monotonic()
-        result = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=120)
-        elapsed = time.monotonic() - started
-        assert result.returncode == 2, result.stderr
+        local = [missing if arg == args[2] else arg for arg in args]
+        timings = {}
+        for name, command in (("local", local), ("hub", args)):
+            started = time.monotonic()
+            result = subprocess.run([console_script(), *command], env=env, capture_output=True, text=True, timeout=120)
+            timings[name] = time.monotonic() - started
+            assert result.returncode == 2, result.stderr
         assert result.stderr == message
-        assert elapsed < start_up + 2, f"{args}: {elapsed:.1f} s (start-up {start_up:.1f} s)"
+        assert timings["hub"] < timings["local"] + 2, f"{args}: {timings}"
     assert not (tmp_path / "builds").exists()
 
 
