@@ -144,6 +144,9 @@ KNOWN_EMBEDDING = "known: qwen3-embedding-0.6b, qwen3-embedding-4b, qwen3-embedd
      "Error: qwen3-embedding-0.6b:q8_0 is published (Qwen3-Embedding-0.6B-Q8_0.gguf in "
      "Qwen/Qwen3-Embedding-0.6B-GGUF); "
      "fetch it with: qwen3-gguf models --download qwen3-embedding-0.6b:q8_0\n"),
+    (["models", "--imatrix-chunks", "3"], "Error: --imatrix-chunks applies to --build only\n"),
+    (["models", "--build", "qwen3-reranker-4b", "--remove", "qwen3-reranker-4b"],
+     "Error: give one of --download, --build and --remove at a time\n"),
     (["models", "--remove", "qwen3-embedding-0.6b:q8_0"],
      "Error: qwen3-embedding-0.6b:q8_0 is a published GGUF, not a build; it lives in the Hugging Face cache "
      "(delete it with: hf cache delete)\n"),

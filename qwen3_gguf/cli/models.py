@@ -29,13 +29,16 @@ def models(obj, download_name: str | None, build_name: str | None, remove_name: 
     A name is MODEL[:TYPE[+RECIPE]]: TYPE any llama.cpp type or hybrid (q4_k_m, iq4_xs, bf16_q8_0),
     RECIPE a shipped recipe (bump-edges). A name with no published GGUF is built on first use, or
     with --build, into the build cache ($QWEN3_GGUF_BUILD_CACHE, default
-    ~/.cache/qwen3-gguf/builds).
+    ~/.cache/qwen3-gguf/builds). Types under 6 bits per weight get an importance matrix collected
+    on the shipped calibration set.
     """
     from ..builds import BuildSettings, build_model, remove_build
     from ..catalog import download, lookup
 
     if sum(name is not None for name in (download_name, build_name, remove_name)) > 1:
         raise UserError("give one of --download, --build and --remove at a time")
+    if imatrix_chunks is not None and build_name is None:
+        raise UserError("--imatrix-chunks applies to --build only")
     if download_name:
         entry = lookup(download_name)
         if entry.published is None:
