@@ -405,6 +405,7 @@ def child_policy(spec: dict) -> dict:
 
     from qwen3_gguf import runtime
     from qwen3_gguf.runtime.batching import DEFAULT_BATCH_TOKENS, PooledRunner
+    from qwen3_gguf.runtime.precision import GGML_TYPE_F16, Numerics
 
     runtime.init_backend()
     model = runtime.LlamaModel(Path(spec["model"]))
@@ -436,7 +437,8 @@ def child_policy(spec: dict) -> dict:
                 continue
             runner = PooledRunner(model, pooling=runtime.POOLING_LAST, threads=threads,
                                   batch_tokens=max(DEFAULT_BATCH_TOKENS, pack_tokens), max_sequences=max_sequences,
-                                  pack_tokens=pack_tokens, flash_attn=flash)
+                                  pack_tokens=pack_tokens,
+                                  numerics=Numerics(GGML_TYPE_F16, flash))  # as measured before precision.py
             runner.run(seqs[:1])
             seconds = []
             for _ in range(spec["runs"]):

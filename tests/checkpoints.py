@@ -92,6 +92,22 @@ FIXTURES: dict[str, dict] = {
         tie_word_embeddings=False,
         seed=4,
     ),
+    # Rerankers whose yes/no logits spread as a trained one's do (P(yes) about 0.1-0.9, not
+    # 0.5 +- 0.01): the final norm is scaled ×6, so hidden-state errors show in the score
+    # (these seeds give P(yes) 0.10-0.86 tied, 0.14-0.79 untied on a mixed set of pairs).
+    # Hidden 256, so that every quantization type applies.
+    "reranker-wide-tied-256": dict(
+        kind="reranker", hidden_size=256, head_dim=128, intermediate_size=512, final_norm_scale=6.0, seed=5
+    ),
+    "reranker-wide-untied-256": dict(
+        kind="reranker",
+        hidden_size=256,
+        head_dim=128,
+        intermediate_size=512,
+        tie_word_embeddings=False,
+        final_norm_scale=6.0,
+        seed=8,
+    ),
 }
 
 
@@ -355,12 +371,14 @@ def build_checkpoint(
     dtype: str = "bfloat16",
     seed: int = 0,
     shards: int = 1,
+    final_norm_scale: float = 1.0,
 ) -> Path:
     """Build a random-weight Qwen3 checkpoint of `kind` in `dest` and return `dest`.
 
     Embedding checkpoints hold a bare Qwen3Model (tensor names without `model.`); reranker
     checkpoints a Qwen3ForCausalLM (with `lm_head.weight` when untied). Linear weights are
     N(0, 0.02); every RMSNorm weight is 1 + 0.1 N(0, 1), so swapped norms change the output.
+    `final_norm_scale` multiplies the final norm's weight (a reranker's logits scale with it).
     Deterministic in all arguments.
     """
     import torch
@@ -393,6 +411,8 @@ def build_checkpoint(
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
             param.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.02 * noise)
+            if name in ("norm.weight", "model.norm.weight"):
+                param.mul_(final_norm_scale)
     model.to(torch_dtype[dtype]).save_pretrained(dest, safe_serialization=True)
 
     # save_pretrained writes its own config.json (architectures ["Qwen3Model"] for the

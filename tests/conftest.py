@@ -46,6 +46,16 @@ def reranker_untied_ckpt(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "reranker-untied-64")
 
 
+@pytest.fixture(scope="session")
+def reranker_wide_tied_ckpt(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "reranker-wide-tied-256")
+
+
+@pytest.fixture(scope="session")
+def reranker_wide_untied_ckpt(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "reranker-wide-untied-256")
+
+
 # --- transformers oracles on those checkpoints --------------------------------------------
 
 
@@ -75,6 +85,20 @@ def reranker_oracle_untied(reranker_untied_ckpt):
     from oracle import RerankerOracle
 
     return RerankerOracle(reranker_untied_ckpt)
+
+
+@pytest.fixture(scope="session")
+def reranker_oracle_wide_tied(reranker_wide_tied_ckpt):
+    from oracle import RerankerOracle
+
+    return RerankerOracle(reranker_wide_tied_ckpt)
+
+
+@pytest.fixture(scope="session")
+def reranker_oracle_wide_untied(reranker_wide_untied_ckpt):
+    from oracle import RerankerOracle
+
+    return RerankerOracle(reranker_wide_untied_ckpt)
 
 
 # --- GGUF files converted from those checkpoints by this project's converter ---------------
@@ -120,6 +144,16 @@ def reranker_tied_gguf(converted, reranker_tied_ckpt) -> Path:
 @pytest.fixture(scope="session")
 def reranker_untied_gguf(converted, reranker_untied_ckpt) -> Path:
     return converted(reranker_untied_ckpt, "f32")
+
+
+@pytest.fixture(scope="session")
+def reranker_wide_tied_gguf(converted, reranker_wide_tied_ckpt) -> Path:
+    return converted(reranker_wide_tied_ckpt, "f32")
+
+
+@pytest.fixture(scope="session")
+def reranker_wide_untied_gguf(converted, reranker_wide_untied_ckpt) -> Path:
+    return converted(reranker_wide_untied_ckpt, "f32")
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,13 @@ from qwen3_gguf import Embedder, runtime
 from qwen3_gguf.runtime import FA_SHORT_SPAN, FA_TILE_ROWS, POOLING_LAST, POOLING_RANK, split_pieces
 from qwen3_gguf.runtime.batching import (
     DEFAULT_MAX_SEQUENCES,
-    FLASH_ATTENTION,
     MIN_PIECE_TOKENS,
     PACK_TOKENS,
     PooledRunner,
     plan_packs,
     shared_prefix_length,
 )
+from qwen3_gguf.runtime.precision import EXACT, Numerics
 
 # --- planning ---------------------------------------------------------------------------------
 
@@ -78,7 +78,8 @@ def test_short_decodes_after_a_long_prefix_recompute_its_tail(embedding_gguf_64)
     """With flash attention a decode under FA_TILE_ROWS tokens that attends to more than
     FA_SHORT_SPAN cells takes the prefix's last tokens along; shorter spans keep the saving."""
     model = runtime.LlamaModel(embedding_gguf_64)
-    settings = runtime.ContextSettings(pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1)
+    settings = runtime.ContextSettings(pooling=POOLING_LAST, n_ctx=1024, n_batch=512, n_seq_max=4, threads=1,
+                                       flash_attn=True)
     context = runtime.PooledContext(model, settings)
     assert context.recomputed_prefix_tokens(0, [5]) == 0
     assert context.recomputed_prefix_tokens(19, [10]) == 0                      # a query's instruction
@@ -104,7 +105,7 @@ def test_context_grows_only_when_needed(embedding_gguf_64):
     short = [list(rng.integers(100, 1000, 20)) for _ in range(3)]
     runner.run(short)
     first = runner.context
-    assert first.settings.n_ctx == MIN_PIECE_TOKENS and first.settings.flash_attn == FLASH_ATTENTION
+    assert first.settings.n_ctx == MIN_PIECE_TOKENS and first.settings.flash_attn == runner.numerics.flash_attn
     runner.run(short)
     assert runner.context is first
     runner.run([list(rng.integers(100, 1000, 1500))])
@@ -132,7 +133,8 @@ def test_results_do_not_depend_on_the_policy(embedder_64, embedding_oracle_64, m
                                              pack_tokens, flash_attn):
     expected = embedding_oracle_64.embed(TEXTS)
     runner = PooledRunner(embedder_64.loaded_model, pooling=POOLING_LAST, threads=1, batch_tokens=batch_tokens,
-                          max_sequences=max_sequences, pack_tokens=pack_tokens, flash_attn=flash_attn)
+                          max_sequences=max_sequences, pack_tokens=pack_tokens,
+                          numerics=Numerics(EXACT.kv_type, flash_attn))
     got = runner.run(sequences_for(embedder_64, TEXTS))
     runner.close()
     got /= np.linalg.norm(got, axis=1, keepdims=True)

@@ -17,13 +17,13 @@ import numpy as np
 
 from .context import FA_TILE_ROWS, POOLING_RANK, ContextSettings, PooledContext, common_prefix_length
 from .model import LlamaModel
+from .precision import Numerics, numerics_for
 
 # The policy, chosen by measurement: the numbers are in benchmarks/results.md ("Batching policy").
 # Inputs sorted by length; up to PACK_TOKENS tokens packed, up to DEFAULT_MAX_SEQUENCES to a decode;
 # longer inputs alone, in pieces of at least MIN_PIECE_TOKENS.
 DEFAULT_MAX_SEQUENCES = 16
 PACK_TOKENS = 64  # inputs up to this many tokens share decodes, up to this many tokens in all
-FLASH_ATTENTION = True  # see context.FA_TILE_ROWS for how it is kept exact on the CPU
 # Tokens per decode for longer sequences: the piece size. Never smaller than MIN_PIECE_TOKENS.
 DEFAULT_BATCH_TOKENS = 512
 MIN_PIECE_TOKENS = 512
@@ -75,14 +75,14 @@ class PooledRunner:
 
     def __init__(self, model: LlamaModel, *, pooling: int, threads: int,
                  batch_tokens: int = DEFAULT_BATCH_TOKENS, max_sequences: int = DEFAULT_MAX_SEQUENCES,
-                 pack_tokens: int = PACK_TOKENS, flash_attn: bool = FLASH_ATTENTION, reuse_prefix: bool = True):
+                 pack_tokens: int = PACK_TOKENS, numerics: Numerics | None = None, reuse_prefix: bool = True):
         self.model = model
         self.pooling = pooling
         self.threads = threads
         self.batch_tokens = batch_tokens
         self.max_sequences = max_sequences
         self.pack_tokens = pack_tokens
-        self.flash_attn = flash_attn
+        self.numerics = numerics or numerics_for(model.file_type)  # KV type, flash attention: precision.py
         self.reuse_prefix = reuse_prefix
         self.n_out = model.n_cls_out if pooling == POOLING_RANK else model.n_embd
         self._context: PooledContext | None = None
@@ -134,7 +134,8 @@ class PooledRunner:
             n_batch=n_batch,
             n_seq_max=self.max_sequences,
             threads=self.threads,
-            flash_attn=self.flash_attn,
+            flash_attn=self.numerics.flash_attn,
+            kv_type=self.numerics.kv_type,
         ))
         return self._context
 

@@ -28,7 +28,8 @@ class ContextSettings:
     n_batch: int          # tokens per llama_decode call
     n_seq_max: int        # sequences per llama_decode call (a held shared prefix adds one more)
     threads: int
-    flash_attn: bool = True
+    flash_attn: bool = False
+    kv_type: int = GGML_TYPE_F32  # type_k and type_v: see precision.py
 
 
 class _Batch:
@@ -112,6 +113,7 @@ class PooledContext:
         params.n_threads = settings.threads
         params.n_threads_batch = settings.threads
         params.kv_unified = True
+        params.type_k = params.type_v = settings.kv_type
         params.flash_attn_type = (
             llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )

@@ -21,6 +21,7 @@ GGML_MAX_SRC = 10
 GGML_MAX_NAME = 64
 GGML_OP_MUL_MAT = 29
 GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
 GGML_TENSOR_BYTES = 336          # sizeof(struct ggml_tensor) in ggml.h of llama-cpp-python 0.3.36
 GGML_OBJECT_HEADER_BYTES = 32    # struct ggml_object, counted in ggml_tensor_overhead()
 

@@ -35,6 +35,16 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self.path = Path(path)
         self._head: np.ndarray | None | bool = False  # False: not read yet
+        self.file_type = self._file_type()
+
+    def _file_type(self) -> int | None:
+        """The file's llama_ftype (general.file_type: F32, F16, Q8_0, ...), None when it does not say."""
+        buffer = ctypes.create_string_buffer(32)
+        n = llama.llama_model_meta_val_str(self._model, b"general.file_type", buffer, len(buffer))
+        try:
+            return int(buffer.value) if n > 0 else None
+        except ValueError:
+            return None
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         """Token ids of `text`; `special=True` parses control tokens such as <|im_start|>.
