@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_embed_files_bad_inputs(tree, tmp_path, embedding_gguf_64):
     assert nothing.exit_code == 2
     assert nothing.stderr == "Error: nothing to embed: 0 files, 0 chunks, 0 tokens; skipped 1 binary, 1 empty\n"
     stray = run("embed", "-m", embedding_gguf_64, "--glob", "*.md", "-o", tmp_path / "x.jsonl", "text")
-    assert stray.exit_code == 2 and "No such option: --glob" in stray.stderr  # file options belong to embed-files
+    assert stray.exit_code == 2 and re.search(r"No such option:? '?--glob", stray.stderr)  # it belongs to embed-files
     assert not (tmp_path / "x.jsonl").exists()
 
 

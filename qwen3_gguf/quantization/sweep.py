@@ -23,10 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text_atomically
+from ..convert import convert_checkpoint
 from ..errors import UserError
 from ..gguf_file import read_model_file
 from ..limits import MIN_MRL_DIM
+from .evaluation import ModelOutputs, check_rerank_pairs, load_eval_set, run_model
 from .fidelity import embedding_fidelity, reranker_fidelity
+from .imatrix import collect_imatrix
+from .importance import read_imatrix, write_imatrix
+from .plan import plan_quantization
+from .quantizer import quantize
+from .recipes import load_recipe, parse_type
 
 DEFAULT_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ3_M", "IQ4_XS", "bf16_q8_0")
 DEFAULT_RECIPES = ("llama-default", "bump-edges")
@@ -89,8 +96,6 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
               verbose: bool = False) -> SweepResult:
     """Build and measure every file of the sweep. `say` gets one line per step (what is being
     built or measured); `step` is called as each of `count_steps(settings)` steps ends."""
-    from .evaluation import check_rerank_pairs, load_eval_set
-
     src, out_dir = Path(src), Path(out_dir)
     recipes = _check_settings(settings)
     evalset = load_eval_set(settings.eval_file, limit=settings.limit)
@@ -129,9 +134,6 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
 
 def _check_settings(settings: SweepSettings) -> list[str]:
     """Refuse bad arguments before any work; returns the recipes' names."""
-    from .recipes import load_recipe
-    from .types import parse_type
-
     for type_name in settings.types:
         parse_type(type_name)
     recipes = [load_recipe(name).name for name in settings.recipes]
@@ -150,8 +152,6 @@ def _measure(rows: list[SweepFile], kind: str, evalset, settings: SweepSettings,
              out_dir: Path, say, step) -> None:
     """Run the evaluation set through every distinct file and compare each with the reference
     (the first row); fills in each row's `measured`."""
-    from .evaluation import ModelOutputs, run_model
-
     outputs = {}
     distinct = [row for row in rows if row.same_as is None]
     for n, row in enumerate(distinct, 1):
@@ -212,8 +212,6 @@ def _precision(model) -> str:
 
 def _converted_reference(src: Path, out_dir: Path, precision: str, say) -> SweepFile:
     """The checkpoint converted to `precision`: the GGUF every quant is built from."""
-    from ..convert import convert_checkpoint
-
     path = out_dir / f"{src.resolve().name.lower()}-{precision}.gguf"
     row = SweepFile(type_name=precision.upper(), recipe=None, path=path)
     if path.exists():
@@ -228,9 +226,6 @@ def _converted_reference(src: Path, out_dir: Path, precision: str, say) -> Sweep
 
 def _importance_matrix(reference: Path, out_dir: Path, settings: SweepSettings, say, verbose: bool):
     """The imatrix every quant of the sweep uses, and a line saying where it came from."""
-    from .imatrix import collect_imatrix
-    from .importance import read_imatrix, write_imatrix
-
     if settings.imatrix is not None:
         say(f"imatrix {settings.imatrix}")
         return read_imatrix(settings.imatrix), f"given: {settings.imatrix.resolve()}"
@@ -270,9 +265,6 @@ def _build(reference: Path, out_dir: Path, type_name: str, recipe: str, matrix, 
            threads: int | None, say) -> SweepFile:
     """The quant of `reference` for (type, recipe): built, found in out_dir, or shared with an
     earlier row whose plan is the same."""
-    from .plan import plan_quantization
-    from .quantizer import quantize
-
     plan = plan_quantization(reference, type_name, imatrix=matrix, recipe=recipe)
     name = plan.quant_type.name
     path = out_dir / f"{reference.stem.removesuffix('-f32').removesuffix('-bf16')}-{name.lower()}-{recipe}.gguf"
