@@ -216,7 +216,7 @@ def test_not_enough_disk_space_is_refused_with_the_sizes(hub, monkeypatch, tmp_p
 
 def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
     """No HF_HUB_OFFLINE, an endpoint nobody answers (loopback port 9): exit 2, one line, no retry
-    lines, and under 2 s more than the same command given a missing local file (same start-up)."""
+    lines, no waiting for retries."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9",
                QWEN3_GGUF_BUILD_CACHE=str(tmp_path / "builds"))
@@ -246,8 +246,26 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
             timings[name] = time.monotonic() - started
             assert result.returncode == 2, result.stderr
         assert result.stderr == message
-        assert timings["hub"] < timings["local"] + 2, f"{args}: {timings}"
+        # huggingface_hub's retries alone would add 23 s; the import of huggingface_hub, which the
+        # local case skips, takes seconds on a loaded machine (the 2 s bound is checked below).
+        assert timings["hub"] < timings["local"] + 10, f"{args}: {timings}"
     assert not (tmp_path / "builds").exists()
+
+
+def test_an_unreachable_hub_costs_under_two_seconds(monkeypatch, tmp_path):
+    """The same failure measured inside the process, start-up and imports excluded."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("QWEN3_GGUF_BUILD_CACHE", str(tmp_path / "builds"))
+    for args in (["embed", "hello"], ["models", "--build", "qwen3-reranker-8b:q4_k_m"]):
+        started = time.monotonic()
+        result = run(*args)
+        elapsed = time.monotonic() - started
+        assert result.exit_code == 2 and "the Hub (http://127.0.0.1:9) cannot be reached" in result.stderr
+        assert elapsed < 2, f"{args}: {elapsed:.2f} s"
 
 
 def test_online_the_hub_sizes_are_checked_against_free_space_before_any_download(hub, monkeypatch, tmp_path):
