@@ -159,6 +159,12 @@ def markdown(results: dict) -> str:
         memory = "; ".join(f"{m['rss'] / 2**20:,.0f} / {m['pss'] / 2**20:,.0f} / {m['private'] / 2**20:,.0f}"
                            for m in row["memory"])
         lines.append(f"| {name} | {row['tokens_per_s']:.1f} | {row['tokens_per_s'] / base:.2f} | {memory} |")
+    low, high = sorted(meta["load_average"])
+    if high > os.cpu_count():
+        lines += ["", f"Load average {low:g}–{high:g} on {os.cpu_count()} cores while this ran: every system got "
+                  "a fraction of a core, and a process's share grew with its runnable threads, so the rates are "
+                  "far below a quiet machine's and the ratios say more about that contention than about Ray. "
+                  "What they do show is that Ray's own overhead is lost in that noise at these rates."]
     lines += ["",
               f"Ray start (`ray.init`, once per session, not in the rates): {meta['ray_init_s']:.1f} s. "
               f"Model load in-process: {meta['load_s']:.1f} s (page cache warm). "
@@ -175,13 +181,14 @@ def scaling_notes(results: dict) -> list[str]:
     private = max(m["private"] for m in rows[SYSTEMS[2]]["memory"]) / 2**20
     shared = max(m["rss"] - m["private"] for m in rows[SYSTEMS[2]]["memory"]) / 2**20
     tokens_per_chunk = meta["tokens"] / meta["chunks"]
-    per_core = one_actor["tokens_per_s"] / 2
-    sink_cores = min(sinks.values()) * tokens_per_chunk / per_core
+    per_core = quiet_tokens_per_core() or one_actor["tokens_per_s"] / 2
+    sink_tokens = min(sinks.values()) * tokens_per_chunk
     return [
         "How this carries to N machines (the table above is measured; this is argued from it):",
         "",
         f"- Compute: actors share nothing but the sink, so a cluster's rate is the sum of its nodes' rates, "
-        f"about {per_core:.0f} tokens/s per core for this model here. The fixed costs are paid once per "
+        f"about {per_core:.0f} tokens/s per core for this model on this CPU when it is quiet (the Q8_0 row "
+        f"of the documents table above, over its threads). The fixed costs are paid once per "
         f"job (Ray start, {meta['ray_init_s']:.0f} s here) and once per actor (process start and model load, "
         f"inside the rates above): they matter for a corpus of minutes, not of days.",
         f"- Memory per node: the GGUF is memory-mapped, so actors on one node share its pages (each actor's "
@@ -191,15 +198,26 @@ def scaling_notes(results: dict) -> list[str]:
         f"threads scale sub-linearly, so more, narrower actors can give more tokens/s per node while memory allows.",
         f"- The driver: it walks and reads the files (text reads at disk speed, orders of magnitude above "
         f"embedding rates) and puts them in Ray's object store up front (memory or spilled disk of the "
-        f"corpus's size). It also writes the sink: at {min(sinks.values()):,.0f} rows/s of "
-        f"{tokens_per_chunk:.0f}-token chunks it keeps up with about {sink_cores:,.0f} cores at this "
-        f"rate, or far fewer GPUs; past that, writing per worker (Ray Data's own `write_parquet`) would "
+        f"corpus's size). It also writes the sink: {min(sinks.values()):,.0f} rows/s of "
+        f"{tokens_per_chunk:.0f}-token chunks is {sink_tokens / 1e6:.1f} million tokens/s, what about "
+        f"{sink_tokens / per_core:,.0f} such cores embed, or a few hundred GPUs at ~10,000 tokens/s each; "
+        f"past that, writing per worker (Ray Data's own `write_parquet`) would "
         f"be the next step.",
         "- Resuming: the ids already written (32 bytes each) are read by the driver and shared with every "
         "actor through the object store: ~3 GiB per 100 million chunks, the limit of this design; a "
         "larger corpus would need the anti-join done as a distributed join.",
         "",
     ]
+
+
+def quiet_tokens_per_core() -> float | None:
+    """Q8_0 documents tokens/s per thread from benchmarks/run.py's results, if they are there."""
+    try:
+        results = json.loads((BENCH / "results.json").read_text())
+        row = next(r for r in results["documents"]["rows"] if r["label"] == "qwen3-gguf Embedder.encode Q8_0")
+        return row["tokens_per_s"] / results["meta"]["threads"]
+    except (OSError, KeyError, StopIteration, ValueError):
+        return None
 
 
 def replace_section(text: str, section: str) -> str:
@@ -230,6 +248,7 @@ def main() -> None:
     ModelIdentity.of(model)              # reads the whole file: the page cache is warm for every system
     with tempfile.TemporaryDirectory() as scratch:
         corpus = write_corpus(Path(scratch) / "corpus", args.files, args.words)
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray_init_s = time.perf_counter() - started
@@ -262,6 +281,7 @@ def main() -> None:
                  "chunks": first["chunks"],
                  "tokens": first["tokens"], "rounds": args.rounds, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "argv": " ".join(sys.argv[1:]), "ray_init_s": ray_init_s,
+                 "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                  "load_s": statistics.median(r["load_s"] for r in runs[SYSTEMS[0]]),
                  "dim": read_model_file(model).embedding_length},
         "systems": {name: {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
