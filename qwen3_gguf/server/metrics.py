@@ -18,9 +18,9 @@ class Metrics:
         self.latency = Histogram("qwen3_gguf_request_seconds", "Time from request to response, by route.",
                                  ["route"], registry=self.registry,
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.inputs = Counter("qwen3_gguf_inputs", "Inputs admitted (texts, token lists, documents), by model.",
+        self.inputs = Counter("qwen3_gguf_inputs", "Inputs answered (texts, token lists, documents), by model.",
                               ["model"], registry=self.registry)
-        self.tokens = Counter("qwen3_gguf_tokens", "Prompt tokens admitted, by model.", ["model"],
+        self.tokens = Counter("qwen3_gguf_tokens", "Prompt tokens answered, by model.", ["model"],
                               registry=self.registry)
         self.decoded_inputs = Counter("qwen3_gguf_decoded_inputs", "Inputs run through the engine, by model.",
                                       ["model"], registry=self.registry)
