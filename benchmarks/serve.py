@@ -11,8 +11,8 @@ requests, each sending the next one when its answer arrives. Scenarios:
 For each scenario and client count the systems run one after the other in the same process
 lifetime (alternating), on the same inputs; the table has inputs/s, tokens/s (tokens as the
 embedding model sees them: prompt, instruction and EOS, the same count for both systems),
-p50/p99 latency and errors. `overhead` compares the server with one client against
-Embedder.encode of the same inputs in this process.
+p50/p99 latency and errors. The overhead table compares the server with one client against
+Embedder.encode of the same inputs in this process, alternating request by request.
 
 llama-server comes from benchmarks/build_llama_server.sh (the llama.cpp that llama-cpp-python
 0.3.36 vendors); without it only qwen3-gguf is measured.
@@ -201,25 +201,36 @@ def summarize(result: dict, requests: list[dict]) -> dict:
     }
 
 
-def in_process(paths: dict, scenario: str, requests: list[dict]) -> float:
-    """Seconds for Embedder.encode / Reranker.score of the same requests one after another."""
+def overhead(paths: dict, scenario: str, requests: list[dict], url: str) -> dict:
+    """The server with one client against Embedder.encode / Reranker.score of the same inputs in
+    this process, alternating request by request (so both see the same machine load)."""
     from qwen3_gguf import Embedder, Reranker
 
     if scenario == "rerank":
-        with Reranker(paths["reranker"], threads=2) as model:
-            model.score("warm up", ["warm up"])
-            started = time.perf_counter()
-            for r in requests:
-                model.score(r[OURS]["query"], r[OURS]["documents"])
-            return time.perf_counter() - started
-    with Embedder(paths["embedding"], threads=2) as model:
+        model = Reranker(paths["reranker"], threads=2)
+
+        def call(body):
+            model.score(body["query"], body["documents"])
+    else:
+        model = Embedder(paths["embedding"], threads=2)
         options = {"prompt_name": "query"} if scenario == "queries" else {}
-        model.encode("warm up", **options)
-        started = time.perf_counter()
-        for r in requests:
-            texts = r[OURS]["input"]
+
+        def call(body):
+            texts = body["input"]
             model.encode([texts] if isinstance(texts, str) else texts, **options)
-        return time.perf_counter() - started
+
+    seconds = {"server": 0.0, "in_process": 0.0}
+    with model, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
+        call(requests[0][OURS])  # warm-up
+        for r in requests:
+            started = time.perf_counter()
+            client.post(route(scenario), json=r[OURS]).raise_for_status()
+            seconds["server"] += time.perf_counter() - started
+            started = time.perf_counter()
+            call(r[OURS])
+            seconds["in_process"] += time.perf_counter() - started
+    return {"scenario": scenario, "requests": len(requests), "in_process_s": seconds["in_process"],
+            "server_s": seconds["server"], "overhead": seconds["server"] / seconds["in_process"] - 1}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -238,7 +249,7 @@ def markdown(report: dict) -> str:
                      f"{row['inputs_per_s']:.2f} | {row['tokens_per_s']:.1f} | {row['p50_s']:.2f} | "
                      f"{row['p99_s']:.2f} | {row['errors']} |")
     if report["overhead"]:
-        lines += ["", "Server overhead, one client, against the same calls in-process:", "",
+        lines += ["", "Server overhead, one client, against the same calls in-process (alternating per request):", "",
                   "| scenario | requests | in-process s | server s | overhead |", "|---|---|---|---|---|"]
         for o in report["overhead"]:
             lines.append(f"| {o['scenario']} | {o['requests']} | {o['in_process_s']:.1f} | {o['server_s']:.1f} | "
@@ -326,11 +337,7 @@ def main() -> None:
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     save(report)
                 if clients == 1 and not args.no_overhead:
-                    server_s = next(r["seconds"] for r in report["rows"] if r["scenario"] == scenario
-                                    and r["clients"] == 1 and r["system"] == "qwen3-gguf serve")
-                    inproc_s = in_process(paths, scenario, requests)
-                    report["overhead"].append({"scenario": scenario, "requests": n, "in_process_s": inproc_s,
-                                               "server_s": server_s, "overhead": server_s / inproc_s - 1})
+                    report["overhead"].append(overhead(paths, scenario, requests, servers[OURS][scenario].url))
                     save(report)
     finally:
         for by_scenario in servers.values():
