@@ -13,9 +13,10 @@ types: per file type (F32, F16, BF16, Q8_0, Q4_K_M, Q4_0), the file's own error 
   F32 KV, no flash attention, against transformers on the source checkpoint), the error llama.cpp's
   defaults add on top (F16 KV + flash attention against exact, same file), their ratio, and
   the defaults' added error.
-speed: tokens/s of each KV type × flash-attention setting on the 0.6B-shaped checkpoint of
-  benchmarks/run.py (F16 and Q8_0): documents, queries after the default instruction, reranking;
-  settings alternate inside each repetition, medians of 3.
+speed: tokens/s of each KV type × flash-attention setting on the 0.6B shape with --layers layers
+  (benchmarks/profile_documents.py builds it; F16 and Q8_0): two documents (256 and 1,024 tokens)
+  and 32 queries after the default instruction; settings alternate inside each repetition,
+  medians of --runs.
 
 Writes benchmarks/numerics.json (every section keeps the others' earlier results) and prints tables.
 """
@@ -40,6 +41,7 @@ CACHE = BENCH / ".cache" / "numerics"
 OUT = BENCH / "numerics.json"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(BENCH))
 
 SECTIONS = ("fidelity", "types", "speed")
 FILE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m", "q4_0")
@@ -204,7 +206,7 @@ def fidelity() -> dict:
     return {"n_pairs": len(RERANK_QUERIES) * len(RERANK_DOCUMENTS), "p_yes_range": spread, "rows": rows}
 
 
-def types() -> dict:
+def types(file_types: list[str]) -> dict:
     """Per file type: its own error, and what llama.cpp's defaults add on top on the same file."""
     from qwen3_gguf import Embedder, Reranker
     from qwen3_gguf.runtime.precision import EXACT, GGML_TYPE_F16, Numerics, numerics_for
@@ -213,7 +215,7 @@ def types() -> dict:
     expected = {name: oracle_scores(checkpoint(name)) for name in RERANKERS}
     expected_embeddings = oracle_embeddings(checkpoint(EMBEDDING))
     rows = []
-    for file_type in FILE_TYPES:
+    for file_type in file_types:
         row = {"file_type": file_type, "own_dp": 0.0, "added_dp": 0.0, "policy_added_dp": 0.0}
         for name in RERANKERS:
             runs = {}
@@ -244,30 +246,33 @@ def types() -> dict:
 # --- speed: the 0.6B shape -------------------------------------------------------------------
 
 
-def speed(runs: int) -> dict:
-    """tokens/s of each KV type × flash attention setting, alternating inside each repetition."""
-    from run import TextMaker, build_models
+def speed(runs: int, layers: int) -> dict:
+    """tokens/s of each KV type × flash attention setting, alternating inside each repetition.
 
-    from qwen3_gguf import Embedder, Reranker
+    The model is the 0.6B shape with `layers` layers (benchmarks/profile_documents.py builds it):
+    every layer does the work of the real model's, so ratios between settings carry over.
+    """
+    from profile_documents import models
+    from run import TextMaker
+
+    from qwen3_gguf import Embedder
+    from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
     from qwen3_gguf.runtime.precision import GGML_TYPE_F16, GGML_TYPE_F32, Numerics
 
-    paths = build_models(log)
+    paths = models(layers)
     maker = TextMaker(paths["q8_0"])
-    documents = [maker.text(n) for n in (256, 512, 512, 2048)]
+    documents = [maker.text(n) for n in (256, 1024)]
     queries = [maker.query() for _ in range(32)]
-    passages = [maker.text(n) for n in (64, 128, 192, 256) * 3]
     grid = [Numerics(kv, flash) for kv in (GGML_TYPE_F32, GGML_TYPE_F16) for flash in (False, True)]
     rows = []
     for file_type in ("f16", "q8_0"):
-        cases = {
-            "documents": (Embedder, paths[file_type], lambda e: e.encode(documents), None),
-            "queries": (Embedder, paths[file_type], lambda e: e.encode(queries, prompt_name="query"), None),
-        }
-        if file_type == "q8_0":
-            cases["rerank"] = (Reranker, paths["reranker"], lambda r: r.score("what is the tide?", passages), None)
-        for case, (front_class, path, call, _) in cases.items():
-            fronts = [with_numerics(front_class(path, device="cpu"), numerics, reuse_prefix=True) for numerics in grid]
-            n_tokens = count_tokens(fronts[0], case, documents, queries, passages)
+        cases = {"documents": lambda e: e.encode(documents),
+                 "queries": lambda e: e.encode(queries, prompt_name="query")}
+        for case, call in cases.items():
+            fronts = [with_numerics(Embedder(paths[file_type], device="cpu"), numerics, reuse_prefix=True)
+                      for numerics in grid]
+            texts = documents if case == "documents" else [query_text(q, DEFAULT_INSTRUCTION) for q in queries]
+            n_tokens = sum(len(fronts[0].tokenize(t)[0]) for t in texts)
             seconds = {str(n): [] for n in grid}
             for front in fronts:
                 call(front)  # warm-up: contexts sized, pages in
@@ -283,17 +288,7 @@ def speed(runs: int) -> dict:
                 rows.append({"file_type": file_type, "case": case, "setting": str(numerics), "tokens": n_tokens,
                              "seconds": seconds[str(numerics)], "tokens_per_s": n_tokens / median})
                 log(f"speed {rows[-1]}")
-    return {"runs": runs, "rows": rows}
-
-
-def count_tokens(front, case: str, documents, queries, passages) -> int:
-    from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
-
-    if case == "documents":
-        return sum(len(front.tokenize(t)[0]) for t in documents)
-    if case == "queries":
-        return sum(len(front.tokenize(query_text(q, DEFAULT_INSTRUCTION))[0]) for q in queries)
-    return sum(len(front.tokenize("what is the tide?", p)[0]) for p in passages)
+    return {"runs": runs, "layers": layers, "rows": rows}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -327,7 +322,8 @@ def tables(results: dict) -> str:
         lines.append("")
     if "speed" in results:
         s = results["speed"]
-        lines += [f"Speed of each setting, 0.6B shape, tokens/s (median of {s['runs']}, settings alternating)", "",
+        lines += [f"Speed of each setting, 0.6B shape with {s['layers']} layers, tokens/s (median of {s['runs']}, "
+                  "settings alternating)", "",
                   "| file | case | setting | tokens/s |", "|---|---|---|---|"]
         for r in s["rows"]:
             lines.append(f"| {r['file_type'].upper()} | {r['case']} | {r['setting']} | {r['tokens_per_s']:.1f} |")
@@ -338,6 +334,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--types", default=",".join(FILE_TYPES), help="file types of the types section")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the 0.6B-shaped model of the speed section")
     args = parser.parse_args()
     sections = [s for s in args.only.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
@@ -347,7 +345,10 @@ def main() -> None:
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     results["machine"] = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     for section in sections:
-        results[section] = fidelity() if section == "fidelity" else types() if section == "types" else speed(args.runs)
+        if section == "speed":
+            results[section] = speed(args.runs, args.layers)
+        else:
+            results[section] = fidelity() if section == "fidelity" else types(args.types.split(","))
         results[section]["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         OUT.write_text(json.dumps(results, indent=1) + "\n")
     print(tables(results))

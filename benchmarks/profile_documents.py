@@ -1,80 +1,163 @@
-"""Where the time of a long document goes: llama_decode per 512-token piece as the KV cache
-grows, next to transformers fp32 on the same tokens.
+"""What limits one long document: tokens/s by length for each engine setting, next to transformers.
 
-    python benchmarks/profile_documents.py     # after benchmarks/run.py has built its models
+    python benchmarks/profile_documents.py                     # 4-layer 0.6B shape, 512-8,192 tokens
+    python benchmarks/profile_documents.py --layers 28 --lengths 8192 --systems q8_0,transformers
 
-One 2,048-token input is decoded in four 512-token pieces (as the Embedder does); each piece's
-tokens/s is printed by the depth of the cache it attends to, for F16, Q8_0 and Q4_K_M. The matrix
-work of every piece is the same, so the fall with depth is attention's cost.
+The model has the Qwen3-Embedding-0.6B shape per layer (hidden 1024, 16/8 heads, head_dim 128,
+FFN 3072, the real vocabulary) with random weights; `--layers` below 28 keeps every layer's work
+and the ratio between systems while making a run short (attention and matrices both scale with
+the layer count). Systems: llama.cpp through this project's runner at each KV cache type, flash
+attention on/off and piece size (tokens per decode), for F16 and Q8_0 files; transformers fp32
+(sdpa attention), one sequence. One process, systems alternating within each repetition,
+medians of `--runs`. Prints a table and writes benchmarks/profile_documents.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
+OUT = ROOT / "benchmarks" / "profile_documents.json"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-PIECE = 512
-DEPTHS = (0, 512, 1024, 1536)
+SHAPE = dict(hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=3072)
 EOS = 151643
+# name: (file type, KV type, flash attention, piece tokens)
+ENGINE_SYSTEMS = {
+    "q8_0 kv-f16 fa 512": ("q8_0", "f16", True, 512),      # llama.cpp's defaults, the engine before
+    "q8_0 kv-f16 no-fa 512": ("q8_0", "f16", False, 512),
+    "q8_0 kv-f32 fa 512": ("q8_0", "f32", True, 512),
+    "q8_0 kv-f32 no-fa 512": ("q8_0", "f32", False, 512),
+    "q8_0 kv-f32 no-fa 1024": ("q8_0", "f32", False, 1024),
+    "q8_0 kv-f32 no-fa 2048": ("q8_0", "f32", False, 2048),
+    "q8_0 kv-f16 no-fa 2048": ("q8_0", "f16", False, 2048),
+    "f16 kv-f16 fa 512": ("f16", "f16", True, 512),
+    "f16 kv-f16 no-fa 512": ("f16", "f16", False, 512),
+    "f16 kv-f32 no-fa 512": ("f16", "f32", False, 512),
+    "f16 kv-f32 no-fa 2048": ("f16", "f32", False, 2048),
+    "q8_0 defaults": ("q8_0", None, None, None),
+    "f16 defaults": ("f16", None, None, None),
+}
 
 
-def llama_pieces(path: Path, tokens: list[int], threads: int) -> dict[int, float]:
-    """Best-of-2 tokens/s of each 512-token piece of `tokens`, by the cells already cached."""
-    import llama_cpp as llama
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-    from qwen3_gguf import runtime
 
-    runtime.init_backend()
-    model = runtime.LlamaModel(path)
-    context = runtime.PooledContext(model, runtime.ContextSettings(
-        pooling=runtime.POOLING_LAST, n_ctx=len(tokens), n_batch=PIECE, n_seq_max=1, threads=threads))
-    best = {depth: float("inf") for depth in DEPTHS}
-    for _ in range(2):
-        llama.llama_memory_clear(context._memory, True)
-        for depth in DEPTHS:
+def models(layers: int) -> dict[str, Path]:
+    """The checkpoint with `layers` layers of the 0.6B shape, and its F16 and Q8_0 GGUFs, cached."""
+    from checkpoints import build_checkpoint
+
+    from qwen3_gguf.convert import convert_checkpoint
+
+    ckpt = CACHE / f"embedding-0.6b-shaped-{layers}-layers"
+    if not (ckpt / "config.json").is_file():
+        log(f"building the {layers}-layer 0.6B-shaped checkpoint")
+        build_checkpoint(ckpt, kind="embedding", num_layers=layers, seed=0, **SHAPE)
+    paths = {"checkpoint": ckpt}
+    for file_type in ("f16", "q8_0"):
+        out = CACHE / f"{ckpt.name}-{file_type}.gguf"
+        if not out.is_file():
+            log(f"converting to {file_type}")
+            convert_checkpoint(ckpt, out, outtype=file_type)
+        paths[file_type] = out
+    return paths
+
+
+
+class Engine:
+    """One llama.cpp runner at fixed settings; `seconds(tokens)` times one document."""
+
+    def __init__(self, path: Path, kv: str | None, flash: bool | None, piece: int | None, threads: int):
+        from qwen3_gguf import runtime
+        from qwen3_gguf.runtime.batching import DEFAULT_BATCH_TOKENS, PooledRunner
+        from qwen3_gguf.runtime.precision import GGML_TYPE_F16, GGML_TYPE_F32, Numerics
+
+        runtime.init_backend()
+        self.model = runtime.LlamaModel(path)
+        numerics = None if kv is None else Numerics({"f16": GGML_TYPE_F16, "f32": GGML_TYPE_F32}[kv], flash)
+        self.runner = PooledRunner(self.model, pooling=runtime.POOLING_LAST, threads=threads,
+                                   batch_tokens=piece or DEFAULT_BATCH_TOKENS, numerics=numerics)
+
+    def seconds(self, tokens: list[int]) -> float:
+        start = time.perf_counter()
+        self.runner.run([tokens])
+        return time.perf_counter() - start
+
+
+class Transformers:
+    def __init__(self, checkpoint: Path, threads: int):
+        import torch
+        from transformers import AutoModel
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+    def seconds(self, tokens: list[int]) -> float:
+        ids = self.torch.tensor([tokens])
+        with self.torch.inference_mode():
             start = time.perf_counter()
-            context._decode([(1, tokens[depth:depth + PIECE], depth)], keep_rows=[PIECE - 1])
-            best[depth] = min(best[depth], time.perf_counter() - start)
-    context.close()
-    model.close()
-    return {depth: PIECE / seconds for depth, seconds in best.items()}
-
-
-def transformers_whole(tokens: list[int], threads: int) -> dict[int, float]:
-    """tokens/s of transformers fp32 on the first 512 and on all 2,048 tokens."""
-    import torch
-    from transformers import AutoModel
-
-    torch.set_num_threads(threads)
-    model = AutoModel.from_pretrained(CACHE / "embedding-0.6b-shaped", dtype=torch.float32).eval()
-    out = {}
-    for n in (PIECE, len(tokens)):
-        ids = torch.tensor([tokens[:n]])
-        with torch.inference_mode():
-            model(input_ids=ids)
-            start = time.perf_counter()
-            model(input_ids=ids)
-            out[n] = n / (time.perf_counter() - start)
-    return out
+            self.model(input_ids=ids)
+            return time.perf_counter() - start
 
 
 def main() -> None:
-    threads = 2
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--lengths", default="512,2048,8192")
+    parser.add_argument("--systems", default=",".join([*ENGINE_SYSTEMS, "transformers"]).replace(" ", "_"),
+                        help="comma-separated; spaces in names written as _")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",")]
+    names = [n.replace("_", " ") for n in args.systems.split(",")]
+    names = [n.replace("q8 0", "q8_0") for n in names]
+    paths = models(args.layers)
+    systems = {}
+    for name in names:
+        if name == "transformers":
+            systems[name] = Transformers(paths["checkpoint"], args.threads)
+        else:
+            file_type, kv, flash, piece = ENGINE_SYSTEMS[name]
+            systems[name] = Engine(paths[file_type], kv, flash, piece, args.threads)
     rng = np.random.default_rng(0)
-    tokens = [int(t) for t in rng.integers(100, 150000, DEPTHS[-1] + PIECE - 1)] + [EOS]
-    for quant in ("f16", "q8_0", "q4_k_m"):
-        speeds = llama_pieces(CACHE / f"embedding-0.6b-shaped-{quant}.gguf", tokens, threads)
-        print(f"llama.cpp {quant.upper()}, 512-token piece after N cached cells: "
-              + ", ".join(f"N={depth} {speed:.1f} tok/s" for depth, speed in speeds.items()))
-    speeds = transformers_whole(tokens, threads)
-    print("transformers fp32, one input: " + ", ".join(f"{n} tokens {speed:.1f} tok/s" for n, speed in speeds.items()))
+    results = {"layers": args.layers, "threads": args.threads,
+               "runs": args.runs, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "tokens_per_s": {}}
+    for length in lengths:
+        tokens = [int(t) for t in rng.integers(100, 150000, length - 1)] + [EOS]
+        seconds = {name: [] for name in systems}
+        for system in systems.values():  # warm-up at this length: contexts sized, pages in
+            system.seconds(tokens[:min(length, 1024)])
+        for _ in range(args.runs):
+            for name, system in systems.items():
+                seconds[name].append(system.seconds(tokens))
+        for name in systems:
+            speed = length / statistics.median(seconds[name])
+            results["tokens_per_s"].setdefault(name, {})[str(length)] = speed
+            log(f"{length} tokens, {name}: {speed:.1f} tok/s {[round(s, 2) for s in seconds[name]]}")
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    base = results["tokens_per_s"].get("transformers")
+    print(f"tokens/s of one document by length ({args.layers} layers of the 0.6B shape, {args.threads} threads, "
+          f"median of {args.runs}; × transformers fp32 in parentheses)\n")
+    print("| system | " + " | ".join(f"{n:,}" for n in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    for name, speeds in results["tokens_per_s"].items():
+        cells = [f"{speeds[str(n)]:.1f}" + (f" ({speeds[str(n)] / base[str(n)]:.2f}×)" if base else "")
+                 for n in lengths]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

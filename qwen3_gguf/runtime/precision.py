@@ -4,9 +4,10 @@ The weights set how exact a file can be; the engine must not add error they do n
 llama.cpp's defaults do: its F16 KV cache rounds every key and value (and, without flash
 attention, the queries and attention weights they meet), and its flash attention casts an F32
 cache to F16 and, on decodes of fewer than 64 rows on the CPU, accumulates in F16 as well.
-So files whose weights are exact (F32, F16, BF16) get an F32 cache without flash attention;
-quantized files get what is fastest as long as the error it adds stays a small part of the
-file's own quantization error. Numbers: benchmarks/results.md ("Numerics").
+So files whose weights are exact (F32, F16, BF16) get an F32 cache without flash attention.
+Quantized files may trade exactness for speed only where the error added stays under a tenth
+of the file's own quantization error; at Q8_0 the F16 cache with flash attention added far more,
+so they get the exact numerics too. Numbers: benchmarks/results.md ("Numerics").
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Numerics:
 
 
 EXACT = Numerics(kv_type=GGML_TYPE_F32, flash_attn=False)
-QUANTIZED = EXACT
+QUANTIZED = EXACT  # F16 KV + flash attention failed the 10% budget at Q8_0: benchmarks/results.md
 
 
 def numerics_for(file_type: int | None) -> Numerics:
