@@ -148,31 +148,32 @@ class Scheduler:
         dropped = [job for job in jobs if job.cancelled]
         if dropped:
             self.stats.on_dropped(sum(len(job.inputs) for job in dropped))
-        try:
-            if live:
-                inputs = [item for job in live for item in job.inputs]
-                n_tokens = sum(job.n_tokens for job in live)
-                started = time.perf_counter()
-                try:
-                    results = self.run_group(key, inputs)
-                except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
-                    log.exception("%s: engine call failed", self.name)
-                    for job in live:
-                        _resolve(job, exc=exc)
-                    return
-                elapsed = time.perf_counter() - started
-                rate = n_tokens / max(elapsed, 1e-6)
+        results, failure = [], None
+        if live:
+            inputs = [item for job in live for item in job.inputs]
+            n_tokens = sum(job.n_tokens for job in live)
+            started = time.perf_counter()
+            try:
+                results = self.run_group(key, inputs)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+                log.exception("%s: engine call failed", self.name)
+                failure = exc
+            else:
+                rate = n_tokens / max(time.perf_counter() - started, 1e-6)
                 self._tokens_per_second = rate if not self._tokens_per_second else (
                     0.7 * self._tokens_per_second + 0.3 * rate)
                 self.stats.on_round(len(inputs), n_tokens)
-                start = 0
-                for job in live:
-                    _resolve(job, result=list(results[start:start + len(job.inputs)]))
-                    start += len(job.inputs)
-        finally:
-            with self._cond:
-                self._queued_tokens -= sum(job.n_tokens for job in jobs)
-                self.stats.on_queue(self._queued_tokens)
+        # The tokens leave the queue before anyone hears back: a retry right after must fit.
+        with self._cond:
+            self._queued_tokens -= sum(job.n_tokens for job in jobs)
+            self.stats.on_queue(self._queued_tokens)
+        start = 0
+        for job in live:
+            if failure is not None:
+                _resolve(job, exc=failure)
+            else:
+                _resolve(job, result=list(results[start:start + len(job.inputs)]))
+            start += len(job.inputs)
 
 
 def _resolve(job: Job, *, result=None, exc: BaseException | None = None) -> None:
