@@ -364,8 +364,11 @@ def summarize(system: dict, rounds: list[dict], tokens: dict) -> dict:
            "documents_peak_rss": statistics.median(r["documents_rss"] for r in rounds),
            "load_s": statistics.median(r["load_s"] for r in rounds)}
     loads = [r["load_average"] for r in rounds if "load_average" in r]
-    if loads:
+    if loads:  # measured with the machine's load and each process's CPU seconds
         row["load_average"] = statistics.median(loads)
+        for part in ("documents", "queries"):
+            row[f"{part}_tokens_per_cpu_s"] = tokens[part] / statistics.median(
+                r[f"{part}_cpu_s"] for r in rounds if f"{part}_cpu_s" in r)
     if system.get("made_by"):
         row["made_by"] = system["made_by"]
     return row
@@ -406,19 +409,23 @@ def _target(name: str, ours: float, theirs: float, goal: float) -> dict:
 
 def table(report: dict) -> str:
     head = ("| system | documents tok/s | queries tok/s | peak RSS (documents) MiB | "
-            "cos docs min / mean | cos queries min / mean | rounds | load average |")
+            "cos docs min / mean | cos queries min / mean | rounds | load average | "
+            "tokens per CPU-second docs / queries |")
     lines = [head, bench.head_rule(head)]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | | |")
+            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | | | |")
             continue
         cos = r.get("cosine")
         fidelity = ["reference", "reference"] if r["label"] == REFERENCE else [
             f"{cos[p]['min']:.4f} / {cos[p]['mean']:.4f}" for p in ("documents", "queries")]
-        load = f"{r['load_average']:.0f}" if "load_average" in r else "—"
+        load, cpu = "—", "—"
+        if "load_average" in r:
+            load = f"{r['load_average']:.0f}"
+            cpu = f"{r['documents_tokens_per_cpu_s']:.1f} / {r['queries_tokens_per_cpu_s']:.1f}"
         lines.append(f"| {r['label']} | {r['documents_tokens_per_s']:.1f} | {r['queries_tokens_per_s']:.1f} | "
                      f"{r['documents_peak_rss'] / MIB:,.0f} | {fidelity[0]} | {fidelity[1]} | {len(r['rounds'])} | "
-                     f"{load} |")
+                     f"{load} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -462,7 +469,8 @@ def write_section(name: str, text: str) -> None:
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
     if begin in current and end in current:
         before, rest = current.split(begin, 1)
-        current = before + block + rest.split(end, 1)[1].lstrip("\n")
+        after = rest.split(end, 1)[1].lstrip("\n")
+        current = before + block + ("\n" + after if after else "")
     else:
         current = current.rstrip("\n") + "\n\n" + block
     RESULTS_MD.write_text(current)

@@ -115,4 +115,4 @@ def bench(model: str, device: str, threads: int | None, seconds: float, as_json:
                  "queries": f"{QUERIES_PER_ROUND} queries of {results['queries'].tokens_per_text:.0f} tokens "
                             "(instruction included) per call"}
     for name, r in results.items():
-        click.echo(f"{name:<10} {r.tokens_per_s:>9.1f} {r.texts_per_s:>8.2f} {r.rounds:>7}  {described[name]}")
+        click.echo(f"{name:<10} {r.tokens_per_s:>9.1f} {r.texts_per_s:>8.3g} {r.rounds:>7}  {described[name]}")
