@@ -130,7 +130,7 @@ def pareto(rows: list[dict]) -> None:
 def markdown(report: dict) -> str:
     meta = report["meta"]
     head = ("| file | matrices by type | MiB | documents tok/s | queries tok/s | cos docs min / mean | "
-            "cos queries min / mean | fastest at its fidelity |")
+            "cos queries min / mean | fastest at its fidelity | load average |")
     lines = [
         "## Quantization types on this CPU",
         "",
@@ -149,7 +149,8 @@ def markdown(report: dict) -> str:
         kinds = ", ".join(f"{n} {t}" for t, n in r["tensor_types"].items())
         cos = [f"{r['cosine'][p]['min']:.4f} / {r['cosine'][p]['mean']:.4f}" for p in ("documents", "queries")]
         lines.append(f"| {r['label']} | {kinds} | {r['file_bytes'] / MIB:,.0f} | {r['documents_tokens_per_s']:.1f} | "
-                     f"{r['queries_tokens_per_s']:.1f} | {cos[0]} | {cos[1]} | {'yes' if r['front'] else ''} |")
+                     f"{r['queries_tokens_per_s']:.1f} | {cos[0]} | {cos[1]} | {'yes' if r['front'] else ''} | "
+                     f"{statistics.median(x['load_average'] for x in r['rounds']):.0f} |")
     lines.append("")
     return "\n".join(lines)
 
