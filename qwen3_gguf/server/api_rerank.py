@@ -37,12 +37,7 @@ async def rerank(request: Request, state):
     top_n = positive_int(body, "top_n", len(documents))
     return_documents = field(body, "return_documents", bool, True)
     result = await service.score(request, query, documents, instruction=field(body, "instruction", str, None))
-    results = []
-    for i in _best_first(result.scores, top_n):
-        item = {"index": i, "relevance_score": float(result.scores[i])}
-        if return_documents:
-            item["document"] = {"text": documents[i]}
-        results.append(item)
+    results = _ranked(result.scores, documents, top_n, return_documents)
     return {"model": field(body, "model", str, service.info.id), "object": "list",
             "usage": {"prompt_tokens": result.n_tokens, "total_tokens": result.n_tokens}, "results": results}
 
@@ -77,15 +72,21 @@ async def cohere_rerank(request: Request, state) -> dict:
     positive_int(body, "max_tokens_per_doc")  # accepted; documents are cut to the model's context instead
     return_documents = field(body, "return_documents", bool, False)  # Cohere v1's field
     result = await service.score(request, query, documents, instruction=field(body, "instruction", str, None))
-    results = []
-    for i in _best_first(result.scores, top_n):
-        item = {"index": i, "relevance_score": float(result.scores[i])}
-        if return_documents:
-            item["document"] = {"text": documents[i]}
-        results.append(item)
+    results = _ranked(result.scores, documents, top_n, return_documents)
     return {"id": str(uuid.uuid4()), "results": results,
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1},
                      "tokens": {"input_tokens": result.n_tokens, "output_tokens": 0}}}
+
+
+def _ranked(scores: np.ndarray, documents: list[str], top_n: int, return_documents: bool) -> list[dict]:
+    """The best `top_n` as {index, relevance_score[, document]}: the llama.cpp/Jina and Cohere shape."""
+    results = []
+    for i in _best_first(scores, top_n):
+        item = {"index": i, "relevance_score": float(scores[i])}
+        if return_documents:
+            item["document"] = {"text": documents[i]}
+        results.append(item)
+    return results
 
 
 def _best_first(scores: np.ndarray, top_n: int) -> list[int]:
