@@ -13,7 +13,6 @@ import click
 
 from ..errors import UserError
 from ..limits import MAX_INPUT_TOKENS
-from ..progress import size_text  # noqa: F401 - the commands import it from here
 
 DEVICES = ("auto", "cpu", "gpu")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..convert import KINDS, OUTTYPES
-from ._common import size_text
+from ..progress import size_text
 
 
 @click.command()

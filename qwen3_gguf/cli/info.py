@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import size_text
+from ..progress import size_text
 
 
 @click.command()

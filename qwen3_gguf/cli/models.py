@@ -7,7 +7,8 @@ from datetime import datetime
 import click
 
 from ..errors import UserError
-from ._common import runtime_options, size_text
+from ..progress import size_text
+from ._common import runtime_options
 
 
 @click.command()
