@@ -484,7 +484,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds; every system once per round (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     parser.add_argument("--types", default="", help="also these benchmarks/quant_types.py variants, comma-separated")
-    parser.add_argument("--only", help="only the systems with these labels, comma-separated")
+    parser.add_argument("--only", help="only the systems whose labels start with these, comma-separated")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measurements of an interrupted run and do only the missing ones")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -505,8 +505,8 @@ def main() -> None:
     tokens = {"documents": sum(inputs["document_tokens"]), "queries": sum(inputs["query_tokens"])}
     chosen = systems(paths, [t for t in args.types.split(",") if t])
     if args.only:
-        wanted = set(args.only.split(",")) | {REFERENCE}  # fidelity needs the reference
-        chosen = [s for s in chosen if s["label"] in wanted]
+        wanted = [*args.only.split(","), REFERENCE]  # fidelity needs the reference
+        chosen = [s for s in chosen if any(s["label"].startswith(prefix) for prefix in wanted)]
     saved = VECTORS / "rounds.json"  # every finished measurement, for --resume
     rounds: dict[str, list[dict]] = {s["label"]: [] for s in chosen}
     if args.resume and saved.is_file():

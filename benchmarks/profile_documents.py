@@ -65,7 +65,7 @@ def models(layers: int) -> dict[str, Path]:
         log(f"building the {layers}-layer 0.6B-shaped checkpoint")
         build_checkpoint(ckpt, kind="embedding", num_layers=layers, seed=0, **SHAPE)
     paths = {"checkpoint": ckpt}
-    for file_type in ("f16", "q8_0"):
+    for file_type in ("f16", "q8_0", "f32", "bf16"):
         out = CACHE / f"{ckpt.name}-{file_type}.gguf"
         if not out.is_file():
             log(f"converting to {file_type}")

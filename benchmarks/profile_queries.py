@@ -104,12 +104,13 @@ def main() -> None:
     import run as benchmark
 
     from qwen3_gguf import runtime
+    from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
 
     runtime.init_backend()
     paths = {quant: CACHE / f"embedding-0.6b-shaped-{quant}.gguf" for quant in ("f16", "q8_0", "q4_k_m")}
     inputs = benchmark.make_inputs({"q8_0": paths["q8_0"]}, quick=False)
     queries = inputs["queries"]
-    prompts = [f"Instruct: {benchmark.DEFAULT_TASK}\nQuery:{q}" for q in queries]
+    prompts = [query_text(q, DEFAULT_INSTRUCTION) for q in queries]
     prompt_tokens, hf_seconds = transformers_queries(prompts)
     hf_rate = prompt_tokens / hf_seconds
     print(f"transformers fp32, batch 16: {len(queries)} queries, {prompt_tokens} prompt tokens, "

@@ -8,17 +8,19 @@ requests, each sending the next one when its answer arrives. Scenarios:
   documents  8 documents of 64–512 tokens per request
   rerank     one query and 20 documents of 32–256 tokens per request
 
-For each scenario and client count the systems run one after the other in the same process
-lifetime (alternating), on the same inputs; the table has inputs/s, tokens/s (tokens as the
-embedding model sees them: prompt, instruction and EOS, the same count for both systems),
-p50/p99 latency and errors. The overhead table compares the server with one client against
-Embedder.encode of the same inputs in this process, alternating request by request.
+For each scenario and client count the systems take turns on the same inputs, `--rounds` times
+(the order flips each round, so neither always runs first); the table has the median over rounds
+of inputs/s, tokens/s (tokens as the embedding model sees them: prompt, instruction and EOS, the
+same count for both systems), p50/p99 latency, and the errors of all rounds. The overhead table
+compares the server with one client against Embedder.encode of the same inputs in this process,
+alternating request by request.
 
 llama-server comes from benchmarks/build_llama_server.sh (the llama.cpp that llama-cpp-python
 0.3.36 vendors); without it only qwen3-gguf is measured.
 
     python benchmarks/serve.py                                  # the full matrix (long on 2 cores)
-    python benchmarks/serve.py --clients 1,8 --scenarios queries --requests 16
+    python benchmarks/serve.py --clients 1,8,32 --scenarios queries --requests 64 --rounds 3
+    python benchmarks/serve.py --clients 1,8 --scenarios rerank --rounds 1
 
 Writes benchmarks/serve.json and the <!-- serve --> section of benchmarks/results.md.
 """
@@ -201,6 +203,17 @@ def summarize(result: dict, requests: list[dict]) -> dict:
     }
 
 
+def median_row(scenario: str, clients: int, system: str, rounds: list[dict]) -> dict:
+    """One table row: the median of each rate and latency over the rounds, all rounds' errors."""
+    row = {"scenario": scenario, "clients": clients, "system": system, "requests": rounds[0]["requests"],
+           "rounds": len(rounds), "errors": sum(r["errors"] for r in rounds),
+           "first_error": next((r["first_error"] for r in rounds if r["first_error"]), [])}
+    for key in ("inputs_per_s", "tokens_per_s", "p50_s", "p99_s", "seconds"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    row["inputs_per_s_by_round"] = [round(r["inputs_per_s"], 3) for r in rounds]
+    return row
+
+
 def overhead(paths: dict, scenario: str, requests: list[dict], url: str) -> dict:
     """The server with one client against Embedder.encode / Reranker.score of the same inputs in
     this process, alternating request by request (so both see the same machine load)."""
@@ -238,16 +251,20 @@ def overhead(paths: dict, scenario: str, requests: list[dict], url: str) -> dict
 
 def markdown(report: dict) -> str:
     lines = [f"## Server under load (`benchmarks/serve.py`, {report['date']})", "",
-             f"{report['machine']}; load average at start {report['load_average']} (the machine was shared with "
-             "other jobs: absolute numbers are low and noisy, the ratios come from the same run). "
+             f"{report['machine']}; load average {report['load_average']} at the start, "
+             f"{report.get('load_average_end', '—')} at the end. "
              f"{report['outtype'].upper()} 0.6B-shaped models; llama-server `{' '.join(LLAMA_SERVER_ARGS)}`"
-             + ("" if report["llama_server"] else " — **not measured in this run** (not built)") + ".", "",
-             "| scenario | clients | system | requests | inputs/s | tokens/s | p50 s | p99 s | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             + ("" if report["llama_server"] else " — **not measured in this run** (not built)")
+             + f". Medians of {report['rounds']} round(s), the systems taking turns. Produced by "
+             f"`{report['command']}`.", "",
+             "| scenario | clients | system | requests | inputs/s | tokens/s | p50 s | p99 s | errors "
+             "| inputs/s by round |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['scenario']} | {row['clients']} | {row['system']} | {row['requests']} | "
                      f"{row['inputs_per_s']:.2f} | {row['tokens_per_s']:.1f} | {row['p50_s']:.2f} | "
-                     f"{row['p99_s']:.2f} | {row['errors']} |")
+                     f"{row['p99_s']:.2f} | {row['errors']} | "
+                     f"{', '.join(f'{x:.2f}' for x in row['inputs_per_s_by_round'])} |")
     if report["overhead"]:
         lines += ["", "Server overhead, one client, against the same calls in-process (alternating per request):", "",
                   "| scenario | requests | in-process s | server s | overhead |", "|---|---|---|---|---|"]
@@ -273,13 +290,13 @@ def targets(report: dict) -> list[dict]:
         p99 = ours["p99_s"] / theirs["p99_s"]
         found.append({"target": f"p99 at {top} clients", "goal": "≤ ¼ of llama-server's",
                       "measured": f"{p99:.2f}×", "met": p99 <= 0.25})
-    for clients in sorted({r["clients"] for r in report["rows"] if r["scenario"] == "documents"}):
-        ours, theirs = rows.get(("documents", clients, "qwen3-gguf serve")), rows.get(
-            ("documents", clients, "llama-server"))
-        if ours and theirs:
-            ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-            found.append({"target": f"documents tokens/s at {clients} clients", "goal": "≥ 1.1× llama-server",
-                          "measured": f"{ratio:.2f}×", "met": ratio >= 1.1})
+    for scenario, goal in (("documents", 1.1), ("rerank", 1.0)):
+        for clients in sorted({r["clients"] for r in report["rows"] if r["scenario"] == scenario}):
+            ours, theirs = rows.get((scenario, clients, OURS)), rows.get((scenario, clients, "llama-server"))
+            if ours and theirs:
+                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+                found.append({"target": f"{scenario} tokens/s at {clients} clients",
+                              "goal": f"≥ {goal}× llama-server", "measured": f"{ratio:.2f}×", "met": ratio >= goal})
     for o in report["overhead"]:
         found.append({"target": f"server overhead, {o['scenario']}", "goal": "≤ 10%",
                       "measured": f"{100 * o['overhead']:+.1f}%", "met": o["overhead"] <= 0.10})
@@ -307,6 +324,7 @@ def main() -> None:
                         help="requests per level (default: max(clients, 8) for queries, the client count otherwise)")
     parser.add_argument("--outtype", choices=("q8_0", "f16"), default="q8_0",
                         help="precision of both models (f16 where this machine's llama.cpp build cannot run Q8_0)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per level; the table has medians (default 3)")
     parser.add_argument("--no-llama-server", action="store_true")
     parser.add_argument("--no-overhead", action="store_true", help="skip the in-process comparison")
     args = parser.parse_args()
@@ -319,23 +337,30 @@ def main() -> None:
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-              "outtype": args.outtype, "llama_server": with_llama_server, "rows": [], "overhead": []}
+              "outtype": args.outtype, "llama_server": with_llama_server, "rounds": args.rounds,
+              "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]), "rows": [], "overhead": []}
     servers = start_servers(paths, with_llama_server, scenarios)
     try:
         for scenario in scenarios:
             for clients in levels:
                 n = args.requests or (max(clients, 8) if scenario == "queries" else clients)
                 requests = make_requests(maker, scenario, n)
-                for system, by_scenario in servers.items():
-                    server = by_scenario[scenario]
-                    asyncio.run(load(server.url, route(scenario), [requests[0][system]], 1))  # warm up
-                    result = asyncio.run(load(server.url, route(scenario), [r[system] for r in requests],
-                                              clients))
-                    row = {"scenario": scenario, "clients": clients, "system": system,
-                           **summarize(result, requests)}
-                    report["rows"].append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-                    save(report)
+                by_system = {system: [] for system in servers}
+                for round_index in range(args.rounds):
+                    order = list(servers) if round_index % 2 == 0 else list(servers)[::-1]
+                    for system in order:
+                        server = servers[system][scenario]
+                        asyncio.run(load(server.url, route(scenario), [requests[0][system]], 1))  # warm up
+                        result = asyncio.run(load(server.url, route(scenario), [r[system] for r in requests],
+                                                  clients))
+                        by_system[system].append(summarize(result, requests))
+                        print(json.dumps({"scenario": scenario, "clients": clients, "system": system,
+                                          "round": round_index + 1, **by_system[system][-1]}),
+                              file=sys.stderr, flush=True)
+                for system, rounds in by_system.items():
+                    report["rows"].append(median_row(scenario, clients, system, rounds))
+                report["load_average_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+                save(report)
                 if clients == 1 and not args.no_overhead:
                     report["overhead"].append(overhead(paths, scenario, requests, servers[OURS][scenario].url))
                     save(report)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..tensor_names import CLASSIFIER, OTHER_CLASSIFIER_TENSORS
-from .amx import built_with_amx
+from .amx import built_with_amx, repack_overrides
 
 
 class LlamaModel:
@@ -22,6 +22,9 @@ class LlamaModel:
         params = llama.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
         params.use_extra_bufts = not built_with_amx()  # its AMX path dies with SIGILL: see amx.py
+        overrides = repack_overrides(path) if gpu_layers == 0 else None  # ... and CPU_REPACK comes back
+        if overrides is not None:
+            params.tensor_buft_overrides = overrides.pointer
         self._model = llama.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise UserError(f"llama.cpp could not load {path} (run with --verbose to see why)")
