@@ -75,6 +75,11 @@ class Reranker:
         truncated = len(body) > self._body_budget
         return self._prefix + body[: self._body_budget] + self._suffix, truncated
 
+    def prompt_length(self, query: str, document: str, instruction: str = DEFAULT_INSTRUCTION) -> int:
+        """How many tokens the pair's prompt has before any truncation."""
+        body = self._llama.tokenize(rerank_body(query, document, instruction), special=False)
+        return len(self._prefix) + len(body) + len(self._suffix)
+
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
               truncate: bool = True, show_progress: bool = False) -> np.ndarray:
         """P(yes) for each document, in the order given."""
@@ -93,7 +98,8 @@ class Reranker:
                 raise UserError(f"document #{i} is empty; there is nothing to score")
             ids, truncated = self.tokenize(query, document, instruction)
             if truncated and not truncate:
-                raise UserError(f"document #{i} does not fit in {self.max_tokens} tokens (truncation is off)")
+                raise UserError(f"document #{i} makes a prompt of {self.prompt_length(query, document, instruction)} "
+                                f"tokens, over this model's limit of {self.max_tokens} (truncation is off)")
             n_truncated += truncated
             sequences.append(ids)
         if n_truncated:

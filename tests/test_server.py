@@ -385,7 +385,7 @@ def test_too_many_inputs_is_a_413_naming_the_limit(client):
     assert rerank.status_code == 413 and "at most 64" in rerank.json()["error"]["message"]
 
 
-def test_over_long_inputs_are_truncated_unless_truncate_is_false(client, reference):
+def test_over_long_inputs_are_truncated_unless_truncate_is_false(client, reference, reference_reranker):
     long_text = "tokens " * 900
     n_tokens = len(reference.token_pieces(long_text)) + 1
     truncated = client.post("/v1/embeddings", json={"input": ["short", long_text]})
@@ -399,7 +399,11 @@ def test_over_long_inputs_are_truncated_unless_truncate_is_false(client, referen
     refused_ids = client.post("/v1/embeddings", json={"input": [ids], "truncate": False})
     assert refused_ids.status_code == 400 and f"has {len(ids) + 1} tokens" in refused_ids.text
     rerank = client.post("/rerank", json={"query": "q", "texts": ["fine", long_text], "truncate": False})
-    assert rerank.status_code == 400 and "'texts[1]' does not fit" in rerank.json()["error"]
+    n_prompt_tokens = reference_reranker.prompt_length("q", long_text)
+    assert n_prompt_tokens > n_tokens > MAX_TOKENS  # the whole text and the template: the count before truncation
+    assert rerank.status_code == 400
+    assert (f"'texts[1]' makes a prompt of {n_prompt_tokens} tokens with the query and template, over this "
+            f"model's limit of {MAX_TOKENS}") in rerank.json()["error"]
 
 
 def test_missing_models_answer_404_saying_how_to_start_them(embedder):

@@ -142,10 +142,12 @@ class RerankService:
                  field: str) -> list[int]:
         lengths = []
         for i, document in enumerate(documents):
-            ids, cut = self.reranker.tokenize(query, document, *([instruction] if instruction else []))
+            prompt = (query, document, *([instruction] if instruction else []))
+            ids, cut = self.reranker.tokenize(*prompt)
             if cut and not truncate:
-                raise ApiError(400, f"'{field}[{i}]' does not fit in this model's {self.reranker.max_tokens} tokens "
-                                    "together with the query and prompt (truncate is false)", param=field)
+                raise ApiError(400, f"'{field}[{i}]' makes a prompt of {self.reranker.prompt_length(*prompt)} tokens "
+                                    f"with the query and template, over this model's limit of "
+                                    f"{self.reranker.max_tokens} (truncate is false)", param=field)
             lengths.append(len(ids))
         return lengths
 
