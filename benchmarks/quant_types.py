@@ -1,8 +1,10 @@
 """Documents and queries tokens/s and fidelity of each llama.cpp type on this CPU.
 
-On x86, llama.cpp repacks Q4_0, IQ4_NL and Q4_K into interleaved blocks at load, its tinyBLAS
-path covers F16/BF16/Q8_0/Q4_0/Q5_0/IQ4_NL but no K-quant, and Q5_K/Q6_K have neither: which
-kernels a file's matrices take decides its speed as much as its bits do. This measures each
+On x86, llama.cpp repacks Q4_0, IQ4_NL and Q4_K into interleaved blocks at load (on AMX builds
+the engine puts that back by hand: runtime/amx.py), its tinyBLAS path covers
+F16/BF16/Q8_0/Q4_0/Q5_0/IQ4_NL, and the K-quants run ggml's own dot products, which on AVX-512
+beat the rest (measured on this project's Xeon): which kernels a file's matrices take decides its
+speed as much as its bits do. This measures each
 type as llama.cpp makes it, and variants that move tensors onto another kernel (the tied token
 embedding/output at Q8_0/Q4_0/F16 instead of Q6_K; the Q6_K tensors of Q4_K_M at Q8_0; attn_v
 and ffn_down at Q8_0 over a repacked 4-bit base), all quantized from the same F16 GGUF with
@@ -76,6 +78,7 @@ VARIANTS = {
     "Q4_K_M Q6_K→Q8_0": Variant("Q4_K_M", token_embedding_type="Q8_0", tensor_types=(
         rf"blk\.({_more_bits_layers()})\.(attn_v|ffn_down)\.weight$=Q8_0",)),
     "Q5_K_M": Variant("Q5_K_M"),
+    "Q6_K": Variant("Q6_K"),
 }
 
 

@@ -290,13 +290,12 @@ def targets(report: dict) -> list[dict]:
         p99 = ours["p99_s"] / theirs["p99_s"]
         found.append({"target": f"p99 at {top} clients", "goal": "≤ ¼ of llama-server's",
                       "measured": f"{p99:.2f}×", "met": p99 <= 0.25})
-    for scenario, goal in (("documents", 1.1), ("rerank", 1.0)):
-        for clients in sorted({r["clients"] for r in report["rows"] if r["scenario"] == scenario}):
-            ours, theirs = rows.get((scenario, clients, OURS)), rows.get((scenario, clients, "llama-server"))
-            if ours and theirs:
-                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-                found.append({"target": f"{scenario} tokens/s at {clients} clients",
-                              "goal": f"≥ {goal}× llama-server", "measured": f"{ratio:.2f}×", "met": ratio >= goal})
+    for clients in sorted({r["clients"] for r in report["rows"] if r["scenario"] == "documents"}):
+        ours, theirs = rows.get(("documents", clients, OURS)), rows.get(("documents", clients, "llama-server"))
+        if ours and theirs:
+            ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+            found.append({"target": f"documents tokens/s at {clients} clients", "goal": "≥ 1.1× llama-server",
+                          "measured": f"{ratio:.2f}×", "met": ratio >= 1.1})
     for o in report["overhead"]:
         found.append({"target": f"server overhead, {o['scenario']}", "goal": "≤ 10%",
                       "measured": f"{100 * o['overhead']:+.1f}%", "met": o["overhead"] <= 0.10})
