@@ -229,7 +229,22 @@ def child_qwen3_gguf(spec: dict) -> dict:
 
 
 def child_llama_embed(spec: dict) -> dict:
+    import llama_cpp
     from llama_cpp import Llama
+
+    from qwen3_gguf.runtime.amx import built_with_amx
+
+    if built_with_amx():
+        # Llama() loads with llama.cpp's extra buffer types, whose AMX path dies with SIGILL on the
+        # first decode here (qwen3_gguf/runtime/amx.py); a user of this machine has to turn them off.
+        default_params = llama_cpp.llama_cpp.llama_model_default_params  # what Llama() calls
+
+        def params_without_extra_buffers():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = params_without_extra_buffers
 
     def load():
         return Llama(spec["model"], embedding=True, n_ctx=LLAMA_EMBED_CTX, n_batch=LLAMA_EMBED_CTX,
@@ -387,8 +402,10 @@ def targets(rows: list[dict]) -> list[dict]:
             best = max(at_fidelity, key=lambda r: r["documents_tokens_per_s"])
             out.append(_target(f"documents ≥ 1.0× ONNX Runtime int8 at ≥ its fidelity ({best['label']})",
                                best["documents_tokens_per_s"], int8["documents_tokens_per_s"], 1.0))
-            out.append(_target(f"peak RSS ≤ 60% of ONNX Runtime int8's ({best['label']}, documents)",
-                               best["documents_peak_rss"] / MIB, int8["documents_peak_rss"] / MIB, -0.6))
+            smallest = min(at_fidelity, key=lambda r: r["documents_peak_rss"])
+            out.append(_target(f"peak RSS ≤ 60% of ONNX Runtime int8's at ≥ its fidelity ({smallest['label']}, "
+                               "documents)", smallest["documents_peak_rss"] / MIB, int8["documents_peak_rss"] / MIB,
+                               -0.6))
         best = max((r for r in ours if r["cosine"]["queries"]["mean"] >= int8["cosine"]["queries"]["mean"]),
                    key=lambda r: r["queries_tokens_per_s"], default=None)
         if best:
@@ -435,8 +452,8 @@ def markdown(report: dict) -> str:
         "## Peers: the CPU runtimes a user would pick instead",
         "",
         f"{meta['machine']}; {meta['threads']} threads; medians over rounds (of {meta['runs']} asked), "
-        f"every system in a fresh process in each round, the systems alternating; {meta['date']}; the machine "
-        f"was shared with other work (load average {meta['load_average'][1]} at the end). Same checkpoint "
+        f"every system in a fresh process in each round, the systems alternating; {meta['date']}; load average "
+        f"{meta['load_average'][1]} at the end (each row's own in its column). Same checkpoint "
         "(random weights, Qwen3-Embedding-0.6B shape) and texts for all: "
         f"{meta['n_documents']} documents of {meta['document_lengths']} tokens ({meta['tokens']['documents']:,}), "
         f"{meta['n_queries']} queries with the default instruction ({meta['tokens']['queries']:,} tokens). "
@@ -508,9 +525,8 @@ def main() -> None:
         wanted = [*args.only.split(","), REFERENCE]  # fidelity needs the reference
         chosen = [s for s in chosen if any(s["label"].startswith(prefix) for prefix in wanted)]
     saved = VECTORS / "rounds.json"  # every finished measurement, for --resume
-    rounds: dict[str, list[dict]] = {s["label"]: [] for s in chosen}
-    if args.resume and saved.is_file():
-        rounds.update({k: v for k, v in json.loads(saved.read_text()).items() if k in rounds})
+    kept = json.loads(saved.read_text()) if args.resume and saved.is_file() else {}
+    rounds: dict[str, list[dict]] = {s["label"]: kept.get(s["label"], []) for s in chosen}
     errors: dict[str, str] = {}
     for system in chosen:
         try:
@@ -529,7 +545,7 @@ def main() -> None:
             except RuntimeError as exc:
                 errors[system["label"]] = str(exc)[:300]
                 log(f"  failed: {errors[system['label']]}")
-            saved.write_text(json.dumps(rounds))
+            saved.write_text(json.dumps({**kept, **rounds}))  # systems left out by --only keep theirs
             report(args, inputs, tokens, chosen, rounds, errors)  # an interrupted run keeps its work
     print(markdown(json.loads((BENCH / "peers.json").read_text())))
 

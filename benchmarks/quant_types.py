@@ -138,7 +138,7 @@ def markdown(report: dict) -> str:
         "## Quantization types on this CPU",
         "",
         f"{meta['machine']}; {meta['threads']} threads; median of {meta['runs']} round(s), each file in a fresh "
-        f"process per round, the files alternating; {meta['date']}; the machine was shared with other work. "
+        f"process per round, the files alternating; {meta['date']}; each file's load average in its column. "
         f"{meta['n_documents']} documents of {meta['document_lengths']} tokens ({meta['tokens']['documents']:,}), "
         f"{meta['n_queries']} queries with the default instruction ({meta['tokens']['queries']:,} tokens). Cosines "
         "to the BF16 GGUF (the checkpoint's exact weights) on the same inputs; random weights magnify "
