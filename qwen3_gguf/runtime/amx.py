@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,8 +88,7 @@ def repack_patterns(path: Path) -> list[str]:
             layers_by_kind[kind].append(layer)
     # One alternation of layer numbers per kind: std::regex recurses per alternative, and a
     # pattern naming every tensor overflowed the stack.
-    return [rf"^blk\.({'|'.join(layers)})\.{kind.replace('.', chr(92) + '.')}$"
-            for kind, layers in layers_by_kind.items()]
+    return [rf"^blk\.({'|'.join(layers)})\.{re.escape(kind)}$" for kind, layers in layers_by_kind.items()]
 
 
 class RepackOverrides:
