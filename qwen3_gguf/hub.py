@@ -28,10 +28,24 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 def offline() -> bool:
-    """True when the Hub is not to be asked: HF_HUB_OFFLINE=1, or the probe found no answer."""
+    """True when the Hub is not to be asked: HF_HUB_OFFLINE=1, or the probe found no answer.
+
+    After a failed probe huggingface_hub is put in its own offline mode for the rest of the
+    process, so that nothing inside it tries the network either (its user-agent code fetches a
+    registry from the endpoint, with a timeout of its own).
+    """
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE or not _answers(constants.ENDPOINT)
+    if constants.HF_HUB_OFFLINE:
+        return True
+    if _answers(constants.ENDPOINT):
+        return False
+    _unreachable.add(constants.ENDPOINT)
+    constants.HF_HUB_OFFLINE = True
+    return True
+
+
+_unreachable: set[str] = set()   # endpoints whose probe failed in this process
 
 
 @functools.cache
@@ -50,9 +64,9 @@ def _answers(endpoint: str) -> bool:
 def why_offline() -> str:
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
-        return "offline mode is on (HF_HUB_OFFLINE=1)"
-    return f"the Hub ({constants.ENDPOINT}) cannot be reached (HF_HUB_OFFLINE=1 skips trying)"
+    if constants.ENDPOINT in _unreachable:
+        return f"the Hub ({constants.ENDPOINT}) cannot be reached (HF_HUB_OFFLINE=1 skips trying)"
+    return "offline mode is on (HF_HUB_OFFLINE=1)"
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import llama_cpp
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
+from held import held_quantizer_pid, holding_quantizer, wait_until_gone
 
 from qwen3_gguf import Embedder, UserError, runtime
 from qwen3_gguf.cli import cli
@@ -420,19 +420,22 @@ def test_requantizing_is_refused(converted, embedding_ckpt_256):
 
 
 def test_ctrl_c_leaves_nothing(embedding_gguf_256, tmp_path):
-    """SIGINT during llama_model_quantize: the command stops at once and no output remains."""
+    """SIGINT during llama_model_quantize: the command stops at once and no output remains.
+
+    The quantizer child holds at its first tensor with the output open, so the signal lands
+    mid-file however fast the CPU is."""
     command = shutil.which("qwen3-gguf", path=os.path.dirname(sys.executable))
-    process = subprocess.Popen([command, "quantize", str(embedding_gguf_256), "q6_k", "-o", str(tmp_path / "o.gguf")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    # llama.cpp opens the output before quantizing the first tensor (and on a fast machine the
-    # whole file is written within the last few milliseconds, so waiting for data is a race).
-    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.01)
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "held"
+    process = subprocess.Popen([command, "quantize", str(embedding_gguf_256), "q6_k", "-o", str(out / "o.gguf")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, **holding_quantizer(marker)})
+    quantizer = held_quantizer_pid(marker, process)
+    assert [p.name for p in out.iterdir() if p.name.endswith(".partial")], "llama.cpp has the output open"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Interrupted; nothing partial was left behind." in stderr.decode()
-    time.sleep(0.5)  # the killed quantizer child must not write again
-    assert list(tmp_path.iterdir()) == []
+    wait_until_gone(quantizer)      # the killed child writes nothing more
+    assert list(out.iterdir()) == []

@@ -4,6 +4,9 @@ llama_model_quantize cannot be interrupted from Python (a Ctrl-C raised inside a
 callback is swallowed), so it runs in a child Python process that the parent can kill. The
 job goes to the child pickled on stdin; the child reports each tensor it starts on (read
 off llama.cpp's log) and finally llama.cpp's status, one line each on stdout.
+
+Tests interrupt a real quantization through HOLD_AT_FIRST_TENSOR: however fast the CPU, the
+child is then provably mid-file when the test signals.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ctypes
 import os
 import pickle
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -21,12 +25,16 @@ from pathlib import Path
 import llama_cpp as llama
 import numpy as np
 
+from ..atomic import write_text_atomically
 from ..errors import UserError
 
 _TENSOR_LOG_LINE = re.compile(rb"^\[\s*\d+/\s*\d+\]")
 # The child finds this package where the parent found it (last on its path: nothing is shadowed).
 _CHILD_COMMAND = ("import sys; sys.path.append({root!r}); "
                   "from qwen3_gguf.quantization.llama_quantize import quantize_in_child; quantize_in_child()")
+# For tests: a file the child writes (holding its pid) when it starts its first tensor; it then
+# waits, with the output file open and unfinished, until its parent is gone or kills it.
+HOLD_AT_FIRST_TENSOR = "QWEN3_GGUF_TEST_HOLD_QUANTIZER"
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,14 @@ def quantize_in_child() -> None:
     os.dup2(2, 1)  # whatever llama.cpp prints itself must not mix into the reports
     job: QuantizeJob = pickle.load(sys.stdin.buffer)
 
+    hold_marker = os.environ.get(HOLD_AT_FIRST_TENSOR)
+
     @llama.llama_log_callback
     def on_log(level, text, user_data):  # noqa: ARG001 - ctypes callback signature
         if _TENSOR_LOG_LINE.match(text):
             report_to.write("tensor\n")
+            if hold_marker:
+                _hold_until_parent_is_gone(Path(hold_marker), report_to)
         if job.verbose:
             sys.stderr.write(text.decode("utf-8", errors="replace"))
 
@@ -114,3 +126,13 @@ def quantize_in_child() -> None:
                                         ctypes.byref(params))
     report_to.write(f"status {status}\n")
     report_to.close()
+
+
+def _hold_until_parent_is_gone(marker: Path, report_to) -> None:
+    """Write our pid to `marker`, then block until the parent closes its end of the report pipe
+    (it died, or it is killing us) and exit without writing another byte."""
+    write_text_atomically(marker, str(os.getpid()))
+    waiting = select.poll()
+    waiting.register(report_to.fileno(), 0)  # a pipe's write end reports POLLERR once its reader is gone
+    waiting.poll()
+    os._exit(1)
