@@ -54,12 +54,14 @@ class ThreadServer:
 
 
 class ServeProcess:
-    """`qwen3-gguf serve ARGS --port <free>` in a child process, stopped with SIGTERM (then killed)."""
+    """`qwen3-gguf serve ARGS --port <free>` in a child process, stopped with SIGTERM (then killed).
 
-    def __init__(self, *args: str, env: dict | None = None):
+    `prelude` is Python run in the child before the CLI (a test's hook)."""
+
+    def __init__(self, *args: str, env: dict | None = None, prelude: str = ""):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cli = [sys.executable, "-c", "from qwen3_gguf.cli import cli; cli()"]
+        cli = [sys.executable, "-c", f"{prelude}\nfrom qwen3_gguf.cli import cli; cli()"]
         self.command = [*cli, "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from tolerances import EMBEDDING_FLOORS
 
 from qwen3_gguf import Embedder, UserError
 from qwen3_gguf.embed import TruncationWarning
@@ -47,11 +48,8 @@ def oracle_256(embedding_oracle_256):
     }
 
 
-# Minimum cosine to transformers fp32: F32 computes the same function, and the engine adds no
-# error of its own (F32 KV cache, no flash attention: runtime/precision.py); lower precisions are
-# bounded by what llama.cpp's own tools reach on random weights (which magnify quantization).
-F32_FLOOR = 0.9999998
-PRECISION_FLOORS = {"f32": F32_FLOOR, "f16": 0.9999, "bf16": 0.9995, "q8_0": 0.995}
+PRECISION_FLOORS = EMBEDDING_FLOORS    # minimum cosine to transformers fp32, per file type
+F32_FLOOR = EMBEDDING_FLOORS["f32"]
 
 
 @pytest.mark.parametrize("outtype", PRECISION_FLOORS)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from gguf import LlamaFileType
 from test_embed import TEXTS
+from tolerances import EMBEDDING_FLOORS, PREFIX_REUSE_TOLERANCE, RERANK_TOLERANCE
 
 from qwen3_gguf import Embedder, Reranker
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
@@ -30,11 +31,8 @@ DOCUMENTS = [
     "Long report. " + " ".join(f"Section {i} covers harbour {i % 9} and its tides." for i in range(80)),  # > 512
     "Chronik. " + " ".join(f"Im Jahr {1800 + i} wuchs die Stadt um {i} Häuser." for i in range(160)),     # > 1,024
 ]
-RERANK_TOLERANCE = 1e-5        # |ΔP(yes)| against transformers fp32, F32 file
-EMBEDDING_FLOOR = 0.9999998    # min cosine to transformers fp32, F32 file
-# Prefix reuse against decoding every prompt whole, same file and numerics: the two differ only in
-# how matrix products are blocked (float32 rounding), so they must agree to about 1e-7.
-REUSE_TOLERANCE = 1e-6         # |ΔP(yes)|, and 1 - cosine for embeddings
+EMBEDDING_FLOOR = EMBEDDING_FLOORS["f32"]
+REUSE_TOLERANCE = PREFIX_REUSE_TOLERANCE
 
 
 def oracle_scores(oracle, query: str, documents: list[str], instruction: str | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tolerances import RERANK_TOLERANCE
 
 from qwen3_gguf import Embedder, Reranker, UserError
 from qwen3_gguf.embed import TruncationWarning
@@ -29,7 +30,7 @@ def test_scores_match_the_model_card_recipe(head, request):
         got = reranker.score(QUERY, DOCUMENTS, instruction=instruction)
         expected = oracle.score(QUERY, DOCUMENTS, instruction=instruction)
         print(f"{head}: max |ΔP(yes)| = {np.max(np.abs(got - expected)):.2e}")
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got, expected, atol=RERANK_TOLERANCE, rtol=0)
     reranker.close()
 
 
@@ -63,7 +64,7 @@ def test_truncation_keeps_the_prompt_suffix(reranker_tied_gguf, reranker_oracle_
                                             "model's limit of 128"):
             reranker.score(QUERY, [long_document], truncate=False)
     expected = reranker_oracle_tied.score(QUERY, [long_document, "short"], max_length=128)
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=RERANK_TOLERANCE, rtol=0)
 
 
 def test_embedding_model_is_refused(embedding_gguf_64):

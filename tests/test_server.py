@@ -487,7 +487,8 @@ def test_a_tiny_queue_answers_429_with_retry_after_and_retries_get_everything(em
                                                                               reference_reranker):
     requests = _mixed_requests(32)
     expected = [_expected(path, body, reference, reference_reranker) for path, body in requests]
-    app = create_app(embedder, reranker, limits=Limits(max_queue_tokens=1200, max_batch_tokens=400))
+    held = HeldEmbedder(embedder)       # the first embedding batch waits until a request has been refused
+    app = create_app(held, reranker, limits=Limits(max_queue_tokens=1200, max_batch_tokens=400))
     refusals = []
 
     async def call(client, path, body):
@@ -496,6 +497,7 @@ def test_a_tiny_queue_answers_429_with_retry_after_and_retries_get_everything(em
             if response.status_code != 429:
                 return response
             refusals.append((path, response))
+            held.release.set()
             await asyncio.sleep(min(float(response.headers["Retry-After"]), 1.0) * 0.1)
         raise AssertionError("never admitted")
 
@@ -551,7 +553,7 @@ def test_a_disconnected_clients_inputs_are_not_decoded(embedder):
             assert held.entered.wait(30)
             with pytest.raises(httpx.ReadTimeout):  # this client gives up and closes its connection
                 httpx.post(f"{server.url}/v1/embeddings", json={"input": ["gone 1", "gone 2", "gone 3"]}, timeout=0.5)
-            deadline = time.monotonic() + 10  # until the server has seen the disconnect
+            deadline = time.monotonic() + 120  # until the server has seen the disconnect
             while DISCONNECTED not in client.get("/metrics").text:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)

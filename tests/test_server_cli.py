@@ -3,6 +3,7 @@ banner, and setups refused before anything listens."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -70,26 +71,58 @@ def test_the_openai_sdk_against_a_live_serve_process(embedding_gguf_256, reranke
     assert "Ready: models loaded" in err and "Stopped." in err
 
 
+# The child's first encode holds, after touching ENTERED, until the test creates RELEASE.
+HOLD_FIRST_ENCODE = """
+import pathlib, time
+from qwen3_gguf.embed import Embedder
+entered, release, encode = pathlib.Path({entered!r}), pathlib.Path({release!r}), Embedder.encode
+
+def held_encode(self, texts, **options):
+    if not entered.exists():
+        entered.touch()
+        while not release.exists():
+            time.sleep(0.01)
+    return encode(self, texts, **options)
+
+Embedder.encode = held_encode
+"""
+
+
+def wait_for(condition, what: str, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def refuses_connections(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
 @pytest.mark.slow
-def test_sigterm_finishes_requests_in_flight_then_exits_0(embedding_gguf_256):
-    long_texts = [f"text {i} " + "many words to embed " * 100 for i in range(40)]
-    server = ServeProcess("-m", str(embedding_gguf_256), "--device", "cpu", "--threads", "1")
+def test_sigterm_finishes_requests_in_flight_then_exits_0(embedding_gguf_256, tmp_path):
+    texts = [f"text {i} " + "many words to embed " * 20 for i in range(8)]
+    entered, release = tmp_path / "entered", tmp_path / "release"
+    server = ServeProcess("-m", str(embedding_gguf_256), "--device", "cpu", "--threads", "1",
+                          prelude=HOLD_FIRST_ENCODE.format(entered=str(entered), release=str(release)))
     answers = []
     with server:
         sender = threading.Thread(target=lambda: answers.append(
-            httpx.post(f"{server.url}/v1/embeddings", json={"input": long_texts}, timeout=120)))
+            httpx.post(f"{server.url}/v1/embeddings", json={"input": texts}, timeout=120)))
         sender.start()
-        deadline = time.monotonic() + 30
-        while 'qwen3_gguf_queue_tokens{model="embedding"} 0.0' in httpx.get(f"{server.url}/metrics").text:
-            assert time.monotonic() < deadline, "the request never reached the queue"
-            time.sleep(0.02)
-        code, _, err = server.terminate(timeout=120)
+        wait_for(entered.exists, "the request never reached the engine")
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: refuses_connections(server.url), "the server kept listening after SIGTERM")
+        release.touch()                          # the request in flight goes on only now, while stopping
+        _, err = server.process.communicate(timeout=120)
         sender.join(120)
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"{server.url}/health", timeout=5)
-    assert code == 0, err
+    assert server.process.returncode == 0, err
     assert answers[0].status_code == 200
-    assert len(answers[0].json()["data"]) == len(long_texts)
+    assert len(answers[0].json()["data"]) == len(texts)
     assert "Stopped." in err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -38,6 +39,12 @@ class Engine:
         return [(key, item) for item in inputs]
 
 
+async def queued(scheduler: Scheduler, tokens: int) -> None:
+    """Until the scheduler has admitted `tokens` (the tasks that queue them run on this loop)."""
+    while scheduler.queued_tokens != tokens:
+        await asyncio.sleep(0)
+
+
 def test_scheduler_groups_waiting_requests_by_key_and_returns_each_its_own():
     engine = Engine()
     scheduler = Scheduler("test", engine, max_batch_tokens=1000, max_queue_tokens=1000)
@@ -49,7 +56,7 @@ def test_scheduler_groups_waiting_requests_by_key_and_returns_each_its_own():
         jobs = [scheduler.run(key, [f"{key}{i}-{j}" for j in range(i % 3 + 1)], 2)
                 for i, key in enumerate("abab" * 3)]
         waiting = asyncio.gather(*jobs)
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 1 + 2 * len(jobs))   # all twelve wait behind the held one
         engine.release.set()
         return await first, await waiting
 
@@ -98,9 +105,10 @@ def test_scheduler_drops_a_cancelled_request_before_decoding_it():
         await asyncio.to_thread(engine.started.wait, 5)
         gone = asyncio.ensure_future(scheduler.run("k", ["gone-1", "gone-2"], 2))
         kept = asyncio.ensure_future(scheduler.run("k", ["kept"], 1))
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 1 + 2 + 1)
         gone.cancel()
-        await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone                              # its cancellation has reached the scheduler
         engine.release.set()
         return await held, await kept
 

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,9 +19,42 @@ from qwen3_gguf.files.vectors import VectorFile, brute_force, delta_path, matrix
 
 WORDS = "river stone cloud lantern copper meadow signal harbor violet engine orbit timber".split()
 FILES = 24
-# The index command with a smaller batch (BATCH_CHUNKS), so that a run commits many times.
-INDEX = ("import sys, qwen3_gguf.files.embedding as e; e.BATCH_CHUNKS = int(sys.argv.pop(1)); "
-         "from qwen3_gguf.cli import cli; cli(prog_name='qwen3-gguf')")
+# The index command with a smaller batch (BATCH_CHUNKS), so that a run commits many times, held
+# (if asked) at a point the test names until the test releases it (stdin) or kills it:
+#   committed:N  right after the commit that brings the collection to N files;
+#   writing:N    inside the transaction that writes this run's N-th file, its row written.
+# The process prints "held" on stdout (the index command prints only on stderr) when it holds.
+INDEX = """
+import sys
+import qwen3_gguf.files.embedding as embedding
+from qwen3_gguf.cli import cli
+from qwen3_gguf.files.store import Collection
+
+embedding.BATCH_CHUNKS = int(sys.argv.pop(1))
+where, files = sys.argv.pop(1).split(":")
+files, written = int(files), []
+
+def hold():
+    print("held", flush=True)
+    sys.stdin.readline()
+
+store, replace_document = Collection._store, Collection._replace_document
+
+def store_then_hold(self, batch):
+    store(self, batch)
+    if where == "committed" and self.document_count == files:
+        hold()
+
+def replace_document_then_hold(self, *args):
+    document_id = replace_document(self, *args)
+    written.append(document_id)
+    if where == "writing" and len(written) == files:
+        hold()
+    return document_id
+
+Collection._store, Collection._replace_document = store_then_hold, replace_document_then_hold
+cli(prog_name="qwen3-gguf")
+"""
 DEADLINE_S = 120
 
 
@@ -37,13 +69,20 @@ def corpus(tmp_path):
     return folder
 
 
-def start_index(db, corpus, model, *extra, batch: int = 1, **popen) -> subprocess.Popen:
-    args = [sys.executable, "-c", INDEX, str(batch), "index", str(corpus), "--db", str(db), "-m", str(model),
+def start_index(db, corpus, model, *extra, batch: int = 1, hold: str = "never:0", **popen) -> subprocess.Popen:
+    args = [sys.executable, "-c", INDEX, str(batch), hold, "index", str(corpus), "--db", str(db), "-m", str(model),
             "--chunk-tokens", "16", "--device", "cpu", *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def wait_until_held(process: subprocess.Popen) -> None:
+    if process.stdout.readline() != "held\n":
+        raise AssertionError(f"the index ended without holding: {finish(process)}")
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
+    """Release a held process (stdin closes) and wait for it."""
     _, stderr = process.communicate(timeout=DEADLINE_S)
     return process.returncode, stderr
 
@@ -108,48 +147,60 @@ def reference(tmp_path, corpus, embedding_gguf_64) -> dict[str, list[tuple]]:
 def test_kill_9_at_several_points_then_the_next_run_embeds_only_what_is_missing(tmp_path, corpus, embedding_gguf_64,
                                                                                  reference):
     db = tmp_path / "v.db"
-    for kill_at in (1, FILES // 2, FILES):
-        process = start_index(db, corpus, embedding_gguf_64)
-        deadline = time.monotonic() + DEADLINE_S
-        while committed_documents(db) < kill_at and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
+    for kill_at in (1, FILES // 2, FILES):     # files committed when the kill lands; the last before the vectors
+        process = start_index(db, corpus, embedding_gguf_64, hold=f"committed:{kill_at}")
+        wait_until_held(process)
+        process.kill()
         process.wait(DEADLINE_S)
+        assert process.returncode == -signal.SIGKILL
+        assert committed_documents(db) == kill_at
         assert_consistent(db, reference)
-    before = committed_documents(db)
     code, stderr = finish(start_index(db, corpus, embedding_gguf_64))
     assert code == 0, stderr
-    assert embedded_files(stderr) == FILES - before
+    assert embedded_files(stderr) == 0
     assert_consistent(db, reference)
     assert sorted(chunks_by_path(db)) == sorted(reference)
+    before = chunks_by_path(db)
+    (corpus / "doc03.txt").write_text("Document 3, changed.")
+    killed = start_index(db, corpus, embedding_gguf_64, hold="writing:1")   # mid-transaction: rolled back
+    wait_until_held(killed)
+    killed.kill()
+    killed.wait(DEADLINE_S)
+    assert chunks_by_path(db) == before
+    code, stderr = finish(start_index(db, corpus, embedding_gguf_64))
+    assert code == 0 and embedded_files(stderr) == 1, stderr
+    assert [chunk[3] for chunk in chunks_by_path(db)[str(corpus / "doc03.txt")]] == ["Document 3, changed."]
 
 
 def test_two_index_runs_at_once_never_embed_a_file_twice(tmp_path, corpus, embedding_gguf_64, reference):
     db = tmp_path / "v.db"
-    first = start_index(db, corpus, embedding_gguf_64)
+    first = start_index(db, corpus, embedding_gguf_64, hold="committed:1")
+    wait_until_held(first)                      # writing, one file committed
     second = start_index(db, corpus, embedding_gguf_64)
+    waiting = f"another process is writing {db}; waiting for it to finish\n"
+    for line in second.stderr:                  # the second has met the first's lock
+        if line == waiting:
+            break
+    else:
+        raise AssertionError(f"the second run never waited: {finish(second)}")
     (code1, stderr1), (code2, stderr2) = finish(first), finish(second)
     assert code1 == code2 == 0, stderr1 + stderr2
-    assert embedded_files(stderr1) + embedded_files(stderr2) == FILES
+    assert (embedded_files(stderr1), embedded_files(stderr2)) == (FILES, 0)
     assert_consistent(db, reference)
     assert sorted(chunks_by_path(db)) == sorted(reference)
 
 
-def test_search_while_an_index_runs_reads_the_committed_state(tmp_path, corpus, embedding_gguf_64, reference):
+def test_search_while_an_index_writes_reads_the_committed_state(tmp_path, corpus, embedding_gguf_64, reference):
     db = tmp_path / "v.db"
-    process = start_index(db, corpus, embedding_gguf_64)
-    deadline = time.monotonic() + DEADLINE_S
-    while committed_documents(db) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    searches = 0
+    process = start_index(db, corpus, embedding_gguf_64, hold="writing:2")
+    wait_until_held(process)                    # doc00 committed, doc01 written in an open transaction
     query = np.frombuffer(reference[str(corpus / "doc00.txt")][0][4], dtype="<f4")
     with Collection(db, create=False) as collection:
-        while process.poll() is None and time.monotonic() < deadline:
-            hits = collection.search(vector=query, k=3)      # no "database is locked"
-            assert hits[0].path == str(corpus / "doc00.txt")
-            searches += 1
+        hits = collection.search(vector=query, k=3)      # no "database is locked"
+        assert collection.document_count == 1
+    assert {hit.path for hit in hits} == {str(corpus / "doc00.txt")}
     code, stderr = finish(process)
-    assert code == 0 and searches >= 1, stderr
+    assert code == 0, stderr
     assert_consistent(db, reference)
 
 
