@@ -36,6 +36,7 @@ ENGINES = ("local", "ray")
                    "--engine ray. [default: jsonl, or parquet with --engine ray]")
 @click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout (with --engine ray: "
               "a folder for Parquet, or lance://PATH).")
+@click.option("--no-text", is_flag=True, help="Leave the chunk text out of the records (they still name the model).")
 @runtime_options
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="local embeds in this process; ray runs actors on Ray Data (pip install 'qwen3-gguf[ray]').")
@@ -55,21 +56,23 @@ ENGINES = ("local", "ray")
 def embed_files(obj: AppState, paths: tuple[str, ...], model: str, as_query: bool, instruction: str | None,
                 dim: int | None, max_tokens: int, no_truncate: bool, include: tuple[str, ...],
                 exclude: tuple[str, ...], chunk_tokens: int, overlap: int | None, fmt: str | None,
-                output: str | None, device: str, threads: int | None, engine: str, **ray_options) -> None:
+                output: str | None, no_text: bool, device: str, threads: int | None, engine: str,
+                **ray_options) -> None:
     """Embed the text files under PATHS (files, folders walked recursively, or - for stdin) chunk by
-    chunk and write one record per chunk (see --format).
+    chunk and write one record per chunk (see --format): where the chunk is, its text (unless
+    --no-text), the model that made it (catalog name or file name, GGUF sha256) and its vector.
 
     With --engine ray the chunks are embedded by actors on Ray Data (this machine, or a cluster
     with --address) into Parquet partitioned by model or a LanceDB table; a rerun skips the rows
     already written, so an interrupted job resumes."""
     from ..embed import Embedder
     from ..files import Chunker, Counts, TextFiles, embed_documents
-    from ..files.outputs import check_output, open_output
+    from ..files.outputs import Provenance, check_output, open_output
     from ..prompts import DEFAULT_INSTRUCTION
 
     instruction = instruction or (DEFAULT_INSTRUCTION if as_query else None)
     if engine == "ray":
-        _refuse_options(("device", "threads", "no_truncate"), "with --engine ray (use --cpus-per-worker and "
+        _refuse_options(("device", "threads", "no_truncate", "no_text"), "with --engine ray (use --cpus-per-worker and "
                         "--gpus-per-worker)")
         embed_files_on_ray(paths, model=model, instruction=instruction, dim=dim, max_tokens=max_tokens,
                            include=include, exclude=exclude, chunk_tokens=chunk_tokens, overlap=overlap, fmt=fmt,
@@ -85,8 +88,9 @@ def embed_files(obj: AppState, paths: tuple[str, ...], model: str, as_query: boo
     check_output(output, fmt)
     embedder = Embedder(model, device=device, threads=threads, max_tokens=max_tokens, verbose=obj.verbose)
     chunker = Chunker(embedder, chunk_tokens or None, overlap)
+    provenance = Provenance.of(model, embedder.model_file, instruction, text=not no_text)
     started = time.perf_counter()
-    with open_output(output, fmt) as writer, token_progress() as show:
+    with open_output(output, fmt, provenance) as writer, token_progress() as show:
         for batch in embed_documents(embedder, files, chunker, counts=counts, dim=dim,
                                      instruction=instruction, truncate=not no_truncate):
             writer.write(batch.chunks, batch.vectors)

@@ -1,5 +1,10 @@
 """Where file embeddings go: JSONL (default), NPY with a JSONL sidecar, or Parquet.
 
+Every record names its chunk (`id`, `path`, `chunk`, `start`, `end`, `dim`) and, given a
+`Provenance`, the chunk's `text` and the model that made the vector (`model`: catalog name or
+GGUF file name, `model_sha256`, `instruction`: the query task, null for documents), so that the
+file alone can be searched or imported (`qwen3-gguf index --import`).
+
 Files are written under a temporary name in the target folder and renamed when the run ends
 well, so an interrupted run leaves the previous file (or none), never a truncated one.
 """
@@ -12,6 +17,7 @@ import json
 import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -25,10 +31,35 @@ FORMATS = ("jsonl", "npy", "parquet")
 NPY_HEADER_BYTES = 128     # fixed, so the row count can be filled in when the run ends
 
 
-def record(chunk: Chunk, dim: int) -> dict:
+@dataclass(frozen=True)
+class Provenance:
+    """What each record says about how it was made, and whether it carries its chunk's text."""
+
+    model: str                  # the catalog name, or the GGUF's file name
+    model_sha256: str           # of the GGUF file's bytes
+    instruction: str | None     # the query task the chunks were embedded with; None for documents
+    text: bool = True
+
+    @classmethod
+    def of(cls, spec: str, model_file, instruction: str | None, *, text: bool = True) -> Provenance:
+        """The provenance of vectors made by the GGUF `model_file`, asked for as `spec` (a path or catalog name)."""
+        from ..catalog import is_model_path
+        from ..distributed.identity import file_sha256
+
+        name = Path(spec).name if is_model_path(spec) else str(spec)
+        return cls(name, file_sha256(model_file.path), instruction, text)
+
+
+def record(chunk: Chunk, dim: int, provenance: Provenance | None = None) -> dict:
     """The description of one chunk, as every format writes it."""
-    return {"id": f"{chunk.path}#{chunk.index}", "path": chunk.path, "chunk": chunk.index,
-            "start": chunk.start, "end": chunk.end, "dim": dim}
+    fields = {"id": f"{chunk.path}#{chunk.index}", "path": chunk.path, "chunk": chunk.index,
+              "start": chunk.start, "end": chunk.end, "dim": dim}
+    if provenance is not None:
+        if provenance.text:
+            fields["text"] = chunk.text
+        fields.update(model=provenance.model, model_sha256=provenance.model_sha256,
+                      instruction=provenance.instruction)
+    return fields
 
 
 def sidecar_path(path: Path) -> Path:
@@ -53,22 +84,23 @@ def check_output(path: Path | None, fmt: str) -> None:
 
 
 @contextlib.contextmanager
-def open_output(path: Path | None, fmt: str) -> Iterator[_Writer]:
-    """A writer for `fmt`; its files appear under their names only if the block ends without error."""
+def open_output(path: Path | None, fmt: str, provenance: Provenance | None = None) -> Iterator[_Writer]:
+    """A writer for `fmt`; its files appear under their names only if the block ends without error.
+    With `provenance`, every record carries the model's identity (and the chunk text unless it says not)."""
     check_output(path, fmt)
     if path is None:
-        yield _JsonlWriter(sys.stdout)
+        yield _JsonlWriter(sys.stdout, provenance)
         return
     targets = [path, sidecar_path(path)] if fmt == "npy" else [path]  # the .npy appears last
     writer: _Writer | None = None
     with _cannot_write(path), atomic_paths(*targets) as temporaries:
         try:
             if fmt == "jsonl":
-                writer = _JsonlWriter(open(temporaries[0], "w", encoding="utf-8"))
+                writer = _JsonlWriter(open(temporaries[0], "w", encoding="utf-8"), provenance)
             elif fmt == "npy":
-                writer = _NpyWriter(temporaries[0], temporaries[1])
+                writer = _NpyWriter(temporaries[0], temporaries[1], provenance)
             else:
-                writer = _ParquetWriter(temporaries[0])
+                writer = _ParquetWriter(temporaries[0], provenance)
             yield writer
         finally:
             if writer is not None:
@@ -94,13 +126,14 @@ class _Writer(abc.ABC):
 
 
 class _JsonlWriter(_Writer):
-    def __init__(self, stream: IO[str]):
+    def __init__(self, stream: IO[str], provenance: Provenance | None):
         self._stream = stream
+        self._provenance = provenance
 
     def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
         dim = vectors.shape[1]
         for chunk, vector in zip(chunks, vectors):
-            line = {**record(chunk, dim), "vector": [round(x, 7) for x in vector.tolist()]}
+            line = {**record(chunk, dim, self._provenance), "vector": [round(x, 7) for x in vector.tolist()]}
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._stream.flush()
 
@@ -112,7 +145,8 @@ class _JsonlWriter(_Writer):
 class _NpyWriter(_Writer):
     """A float32 matrix streamed row block by row block; the header is filled in at the end."""
 
-    def __init__(self, path: Path, sidecar: Path):
+    def __init__(self, path: Path, sidecar: Path, provenance: Provenance | None):
+        self._provenance = provenance
         self._file = open(path, "wb")
         self._file.write(b"\0" * NPY_HEADER_BYTES)
         self._sidecar = open(sidecar, "w", encoding="utf-8")
@@ -124,7 +158,7 @@ class _NpyWriter(_Writer):
         self._file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self._rows += len(vectors)
         for chunk in chunks:
-            self._sidecar.write(json.dumps(record(chunk, self._dim), ensure_ascii=False) + "\n")
+            self._sidecar.write(json.dumps(record(chunk, self._dim, self._provenance), ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         if self._file.closed:
@@ -143,8 +177,9 @@ def _npy_header(shape: tuple[int, int]) -> bytes:
 
 
 class _ParquetWriter(_Writer):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, provenance: Provenance | None):
         self._path = path
+        self._provenance = provenance
         self._writer = None
 
     def write(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
@@ -152,13 +187,24 @@ class _ParquetWriter(_Writer):
         import pyarrow.parquet as pq
 
         dim = vectors.shape[1]
-        columns = {key: [record(c, dim)[key] for c in chunks] for key in ("id", "path", "chunk", "start", "end", "dim")}
+        rows = [record(c, dim, self._provenance) for c in chunks]
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
         columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-        table = pa.table(columns)
+        table = pa.table(columns, schema=self._schema(columns, dim))
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._path, table.schema)
         self._writer.write_table(table)
+
+    @staticmethod
+    def _schema(columns: dict, dim: int):
+        """The columns' types, fixed (a batch whose instructions are all null still has a string column)."""
+        import pyarrow as pa
+
+        types = {"id": pa.string(), "path": pa.string(), "chunk": pa.int64(), "start": pa.int64(), "end": pa.int64(),
+                 "dim": pa.int64(), "text": pa.string(), "model": pa.string(), "model_sha256": pa.string(),
+                 "instruction": pa.string(), "vector": pa.list_(pa.float32(), dim)}
+        return pa.schema([(name, types[name]) for name in columns])
 
     def close(self) -> None:
         if self._writer is not None:

@@ -137,6 +137,7 @@ class Collection:
         self._embedder_options = dict(device=device, threads=threads, verbose=verbose)
         self._dim = dim
         self._instruction = instruction
+        self._hashes: dict[Path, str] = {}   # GGUF path → sha256, for imported records that carry one
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -165,6 +166,16 @@ class Collection:
             self._embedder = Embedder(self._model_spec(), **self._embedder_options)
         self._adopt_model()
         return self._embedder
+
+    def chunks_of(self, path: str) -> list[tuple[int, int, int, str]]:
+        """The stored chunks (chunk, start, end, text) of the file at `path` (absolute, or relative to the
+        current folder), in order; a UserError when the collection does not hold it."""
+        rows = self._db.execute("SELECT c.chunk, c.char_start, c.char_end, c.text FROM chunks c JOIN documents d "
+                                "ON d.id = c.document_id WHERE d.path = ? ORDER BY c.chunk",
+                                (os.path.abspath(path),)).fetchall()
+        if not rows:
+            raise UserError(f"{path} is not in the collection {self.path}")
+        return rows
 
     # --- indexing --------------------------------------------------------------------------------
 
@@ -209,7 +220,8 @@ class Collection:
             written_at: float | None = None) -> AddReport:
         """Store chunks embedded elsewhere: dicts with path, chunk, start, end, vector, and text and model
         when known, and `model_spec` (the path or catalog name the scale-out job was given) when
-        known (as `embed-files` and `read_records` give them).
+        known, and `model_sha256` (the GGUF's hash) when known (as `embed-files` and `read_records`
+        give them).
 
         Chunks of a path replace what the collection held for it. Without `text`, the chunk's text
         is read from the file (`text[start:end]`). Records name their model in `model`, or the
@@ -218,6 +230,8 @@ class Collection:
         others are re-embedded if `index` is later given their path. Records without text can
         only be checked by time: a file modified after `written_at` (when the records were
         written) does not count as indexed. Vectors are stored normalized to unit length.
+        Records whose `model_sha256` is not the hash of the model given or recorded (when its GGUF
+        is at hand) are refused, naming both models.
         """
         report = AddReport()
         with self._writing():
@@ -226,7 +240,7 @@ class Collection:
             batch: list[dict] = []
             for record in records:
                 specs = tuple(str(s) for s in (record.get("model_spec"), record.get("model") or model) if s)
-                made_by = (specs, len(record["vector"]))
+                made_by = (specs, len(record["vector"]), record.get("model_sha256"))
                 if made_by not in accepted:
                     self._adopt_record_model(*made_by)
                     accepted.add(made_by)
@@ -551,14 +565,24 @@ class Collection:
         check_dim(dim, model_file.embedding_length)
         named = not self._embedder_given and not is_model_path(self._model_spec())
         model = str(self._model_spec()) if named else str(model_file.path.resolve())
-        self._record(identity, model=self.metadata.get("model", model), dim=str(dim),
-                     instruction=self._instruction or self.instruction)
+        recorded = self.metadata.get("model")   # by imported records, which may name a file not at hand here
+        if recorded is not None and "model_sha256" in self.metadata:
+            self._same_model_file(str(model_file.path), "the model given is", recorded, self.metadata["model_sha256"])
+        self._record(identity, model=recorded if recorded is not None and _model_file(recorded) else model,
+                     dim=str(dim), instruction=self._instruction or self.instruction)
 
-    def _adopt_record_model(self, specs: tuple[str, ...], dim: int) -> None:
-        """Accept imported vectors of `dim` made by the model that `specs` name (any of them; none: unnamed),
-        or refuse them."""
+    def _adopt_record_model(self, specs: tuple[str, ...], dim: int, sha256: str | None) -> None:
+        """Accept imported vectors of `dim` made by the model that `specs` name (any of them; none: unnamed)
+        whose GGUF hashes to `sha256` (when known), or refuse them."""
         if self.dim is not None and dim != self.dim:
             raise UserError(f"{self.path} holds {self.dim}-dimensional vectors; the records' have {dim}")
+        if sha256:
+            made_by = specs[-1] if specs else "an unnamed model"
+            if self._model:
+                self._same_model_file(str(self._model), "the model given is", made_by, sha256)
+            if "model" in self.metadata and self._same_model_file(self.metadata["model"], f"{self.path} holds vectors "
+                                                                  "of", made_by, sha256):
+                return      # the hash settles it: the records are of the collection's model
         if "model" in self.metadata:
             recorded = self._recorded_identity()
             if specs and not any(self._names_the_model(spec) or (recorded and _identity_of(spec) == recorded)
@@ -566,14 +590,35 @@ class Collection:
                 raise UserError(f"{self.path} holds vectors of {self.metadata['model']}; the records are of "
                                 f"{specs[-1]}. Import them into a new --db")
             return
+        if self._model:
+            specs = (str(self._model), *specs)
         if not specs:
             raise UserError("the records do not say which model made them; name it with -m "
                             "(the GGUF file or catalog name they were embedded with)")
         identities = [(_identity_of(spec), spec) for spec in specs]
         identity, spec = next(((i, s) for i, s in identities if i), (None, specs[0]))
+        if identity and is_model_path(spec):
+            spec = str(Path(spec).resolve())   # found from here; to be found from anywhere later
         if identity:
             check_dim(dim, int(identity["embedding_length"]))
-        self._record(identity or {}, model=spec, dim=str(dim), instruction=self._instruction or self.instruction)
+        self._record(identity or {}, {"model_sha256": sha256} if sha256 else {}, model=spec, dim=str(dim),
+                     instruction=self._instruction or self.instruction)
+
+    def _same_model_file(self, ours: str, whose: str, record_model: str, sha256: str) -> bool:
+        """Whether the GGUF of the model `ours` hashes to `sha256` (False when it is not at hand); a UserError
+        naming both models when it hashes to something else."""
+        path = _model_file(ours)
+        if path is None:
+            return False
+        if path not in self._hashes:
+            from ..distributed.identity import file_sha256
+
+            self._hashes[path] = file_sha256(path)
+        if self._hashes[path] != sha256:
+            raise UserError(f"the records were embedded with {record_model} (GGUF sha256 {sha256[:12]}…); "
+                            f"{whose} {ours} (sha256 "
+                            f"{self._hashes[path][:12]}…). Import them with their own model, into a new --db")
+        return True
 
     def _names_the_model(self, spec: str) -> bool:
         """Whether `spec` is the collection's model as recorded, its GGUF name, or the scale-out job's
@@ -671,14 +716,23 @@ def _identity(model_file) -> dict[str, str]:
             "embedding_length": str(model_file.embedding_length)}
 
 
-def _identity_of(spec: str | Path) -> dict[str, str] | None:
-    """The identity of a model named by path or catalog name, when its GGUF is at hand."""
+def _model_file(spec: str | Path) -> Path | None:
+    """The GGUF of a model named by path or catalog name, when it is at hand."""
     try:
         path = Path(spec) if is_model_path(spec) else cached_path(lookup(str(spec), "embedding"))
-        if path is None or not path.is_file():
-            return None
-        from ..gguf_file import read_model_file
+    except UserError:
+        return None
+    return path.resolve() if path is not None and path.is_file() else None
 
+
+def _identity_of(spec: str | Path) -> dict[str, str] | None:
+    """The identity of a model named by path or catalog name, when its GGUF is at hand."""
+    path = _model_file(spec)
+    if path is None:
+        return None
+    from ..gguf_file import read_model_file
+
+    try:
         return _identity(read_model_file(path))
     except (UserError, OSError):
         return None
