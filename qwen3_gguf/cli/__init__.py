@@ -11,10 +11,11 @@ from .convert import convert
 from .embed import embed, rerank
 from .files import embed_files
 from .info import info
+from .mcp import mcp
 from .models import models
 from .quantize import imatrix, quantize, sweep
 from .serve import serve
-from .store import index, search
+from .store import index, list_collections, search
 
 
 @click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj.verbose = verbose
 
 
-for command in (convert, info, embed, embed_files, rerank, models, index, search, imatrix, quantize, sweep, bench):
+for command in (convert, info, embed, embed_files, rerank, models, index, search, list_collections, mcp, imatrix,
+                quantize, sweep, bench):
     cli.add_command(command)
 cli.add_command(serve)

@@ -12,15 +12,22 @@ from ..errors import UserError
 from ..files.walk import DEFAULT_CHUNK_TOKENS
 from ._common import AppState, display_path, model_option, one_line, rate, runtime_options, token_progress
 
+COLLECTION_HELP = "A named collection in your data folder (see qwen3-gguf collections) [default: 'default']."
+
+
+def collection_option(command):
+    return click.option("-c", "--collection", "name", metavar="NAME", help=COLLECTION_HELP)(command)
+
 
 @click.command()
 @click.argument("paths", nargs=-1)
-@click.option("--db", type=click.Path(path_type=Path), default="vectors.db", show_default=True,
-              help="The SQLite collection to create or update.")
+@click.option("--db", type=click.Path(path_type=Path), help="The SQLite collection to create or update, "
+              "anywhere (instead of a named one).")
+@collection_option
 @click.option("--import", "imports", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Store vectors embedded elsewhere, without re-embedding: a .jsonl or .parquet file as "
-                   "embed-files writes it (repeatable). Records that name no model are taken to be of -m's "
-                   "(or the collection's) model.")
+                   "embed-files writes it (repeatable). Records carry their text and model; records that name no "
+                   "model are taken to be of -m's (or the collection's) model.")
 @model_option(help="Embedding GGUF or catalog name [default: the collection's model, "
                    "or the catalog default for a new collection].")
 @click.option("--glob", "include", multiple=True, metavar="PATTERN", help="Index only files matching PATTERN.")
@@ -30,10 +37,12 @@ from ._common import AppState, display_path, model_option, one_line, rate, runti
 @click.option("--dim", type=int, help="Store the first DIM Matryoshka dimensions (fixed per collection).")
 @click.option("--instruction", help="The task description search queries get (fixed per collection).")
 @click.option("--prune", is_flag=True, help="Remove files from the collection that no longer exist.")
+@click.option("--watch", is_flag=True, help="Then keep following PATHS: re-index after each batch of changes "
+              "(new, edited and deleted files), one line per batch, until Ctrl-C.")
 @runtime_options
 @click.pass_obj
-def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_tokens, overlap, dim, instruction, prune,
-          device, threads):
+def index(obj: AppState, paths, db, name, imports, model, include, exclude, chunk_tokens, overlap, dim, instruction,
+          prune, watch, device, threads):
     """Embed the text files under PATHS into a searchable collection; unchanged files are skipped.
 
     One process writes a collection at a time: an index started while another is writing the same
@@ -41,11 +50,15 @@ def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_toke
     run meanwhile answer from what is committed. An interrupted index keeps every finished batch
     of files; running it again goes on from there.
     """
+    from ..files import collections
     from ..files.records import read_records
     from ..files.store import Collection
 
     if not paths and not imports:
         raise UserError("name the files or folders to index, or --import FILE")
+    if watch and not paths:
+        raise UserError("--watch follows the files and folders named: give PATHS")
+    db = collections.resolve(db, name)
     started = time.perf_counter()
     with Collection(db, model=model, dim=dim, instruction=instruction, device=device, threads=threads,
                     verbose=obj.verbose, on_wait=lambda message: click.echo(message, err=True)) as collection:
@@ -54,6 +67,10 @@ def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_toke
             added = collection.add(read_records(source), model=model, written_at=source.stat().st_mtime)
             notes.append(f"imported {added.chunks} chunks of {added.documents} files from {source} "
                          f"({added.verified} match the files on disk)")
+        if watch:
+            _watch(collection, paths, db, include=include, exclude=exclude, chunk_tokens=chunk_tokens,
+                   overlap=overlap)
+            return
         if paths:
             with token_progress() as show:
                 report = collection.index(paths, include=include, exclude=exclude, chunk_tokens=chunk_tokens,
@@ -69,10 +86,30 @@ def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_toke
                    err=True)
 
 
+def _watch(collection, paths, db: Path, **index_options) -> None:
+    """`index --watch`: one line per batch on stderr; Ctrl-C stops after the last finished batch."""
+    from ..files.watching import watch
+
+    def say(batch) -> None:
+        report = batch.report
+        what = "indexed" if batch.number == 0 else f"batch {batch.number}: {batch.changes} changes,"
+        click.echo(f"{what} {report.embedded} new or changed files ({report.counts.chunks} chunks), "
+                   f"{report.pruned} removed; {db} holds {batch.files} files, {batch.chunks} chunks"
+                   + ("; watching for changes (Ctrl-C stops)" if batch.number == 0 else ""), err=True)
+
+    try:
+        batches = watch(collection, paths, on_batch=say, **index_options)
+    except KeyboardInterrupt:
+        click.echo(f"stopped watching; every finished batch is in {db}", err=True)
+        return
+    click.echo(f"stopped watching after {batches} batches", err=True)
+
+
 @click.command()
 @click.argument("query")
-@click.option("--db", type=click.Path(), default="vectors.db", show_default=True,
-              help="The SQLite collection, or lance://PATH for a LanceDB table of embed-files --engine ray.")
+@click.option("--db", help="The SQLite collection, anywhere (instead of a named one), or lance://PATH for a "
+                           "LanceDB table of embed-files --engine ray.")
+@collection_option
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @model_option(help="Embedding GGUF or catalog name [default: the collection's model].")
 @click.option("--rerank-model", help="Rerank the best candidates with this reranker (GGUF or catalog name).")
@@ -86,17 +123,21 @@ def index(obj: AppState, paths, db, imports, model, include, exclude, chunk_toke
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @runtime_options
 @click.pass_obj
-def search(obj: AppState, query, db, k, model, rerank_model, rerank_top, no_instruction, path_glob, min_score,
+def search(obj: AppState, query, db, name, k, model, rerank_model, rerank_top, no_instruction, path_glob, min_score,
            as_json, device, threads):
     """Find the chunks of a collection closest to QUERY, best first."""
+    from ..files import collections
     from ..files.store import Collection
 
-    if db.startswith("lance://"):
+    if not query.strip():
+        raise UserError("the query is empty")
+    if db is not None and db.startswith("lance://"):
         from ..distributed.lance import LanceCollection
 
         opened = LanceCollection(db, model=model, device=device, threads=threads, verbose=obj.verbose)
     else:
-        opened = Collection(db, model=model, create=False, device=device, threads=threads, verbose=obj.verbose)
+        opened = Collection(collections.resolve(db, name, must_exist=True), model=model, create=False,
+                            device=device, threads=threads, verbose=obj.verbose)
     with opened as collection:
         reranker = None
         if rerank_model:
@@ -112,3 +153,36 @@ def search(obj: AppState, query, db, k, model, rerank_model, rerank_top, no_inst
         return
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.score:.4f}  {display_path(hit.path)}#{hit.chunk}  {one_line(hit.text, 70)}")
+
+
+@click.command("collections")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def list_collections(as_json: bool) -> None:
+    """List the named collections (index -c NAME) with their model, files, chunks and size."""
+    from ..files import collections
+
+    entries = collections.listing()
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(vars(entry), ensure_ascii=False))
+        return
+    if not entries:
+        click.echo(f"no collections in {collections.home()} yet; create one with: qwen3-gguf index PATH... -c NAME")
+        return
+    rows = [("NAME", "MODEL", "DIM", "FILES", "CHUNKS", "SIZE")]
+    rows += [(e.name, Path(e.model).name, str(e.dim or "-"), str(e.files), str(e.chunks), _size(e.bytes))
+             for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    scaled, unit = n_bytes / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if scaled < 1024:
+            break
+        scaled, unit = scaled / 1024, larger
+    return f"{scaled:.1f} {unit}"
