@@ -9,6 +9,7 @@ need, so it costs a fraction of a second where `gguf.GGUFReader` takes about ten
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import struct
 from collections import Counter
@@ -392,3 +393,15 @@ def _file_type_name(value) -> str:
         return LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
     except (TypeError, ValueError):
         return str(value)
+
+
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a GGUF's content identity: records and collections compare it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()

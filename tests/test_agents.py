@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from mcp import Client, StdioServerParameters
 
 from qwen3_gguf.cli import cli
-from qwen3_gguf.distributed.identity import file_sha256
 from qwen3_gguf.files.store import Collection
 from qwen3_gguf.files.watching import watch
+from qwen3_gguf.gguf_file import file_sha256
 
 TOPICS = ["GGUF files store tensors and metadata.", "Bananas are rich in potassium.",
           "The Eiffel Tower is in Paris.", "Rust has a borrow checker.", "Whales are mammals.",

@@ -224,5 +224,6 @@ def test_cli_import_of_embed_files_output_then_filtered_search(corpus, tmp_path,
     assert best.exit_code == 0 and len(best.stdout.splitlines()) == 1, best.output
     other = run("index", "--import", records, "--db", db, "-m", embedding_gguf_256)
     assert other.exit_code == 2
-    assert other.stderr.startswith(f"Error: {db} holds vectors of {embedding_gguf_64.resolve()}; the records are of ")
+    assert other.stderr.startswith(f"Error: the records were embedded with {embedding_gguf_64.name} (GGUF sha256 ")
+    assert f"the model given is {embedding_gguf_256} (sha256 " in other.stderr     # records name their model
     assert run("index", "--db", db).stderr == "Error: name the files or folders to index, or --import FILE\n"

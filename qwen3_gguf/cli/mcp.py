@@ -29,6 +29,11 @@ def mcp(obj: AppState, db, name, model, rerank_model, address, device, threads) 
     from ..files.store import Collection
     from ..server.mcp_server import CollectionTools, build_server
 
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError:
+        raise UserError("qwen3-gguf mcp needs the MCP SDK 2.x: pip install 'qwen3-gguf[mcp]'") from None
+
     host, port = _address(address) if address else (None, None)
     listener = _listen(host, port) if address else None
     collection = Collection(collections.resolve(db, name, must_exist=True), model=model, create=False,

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import is_model_path, resolve_model
-from ..gguf_file import read_model_file, require_kind
+from ..gguf_file import file_sha256, read_model_file, require_kind
 from ..limits import check_dim
 
 ID_HEX_DIGITS = 32           # 128 bits: no collision in any corpus that fits on disks
-HASH_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,6 @@ class ModelIdentity:
         """What a sink records about its vectors (strings, for Arrow schema metadata)."""
         return {"model": self.key, "model_spec": self.spec, "model_name": self.name, "quant": self.file_type,
                 "embedding_length": str(self.embedding_length), "dim": str(self.dim), "sha256": self.sha256}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def text_source(text: str) -> str:

@@ -44,7 +44,7 @@ class Provenance:
     def of(cls, spec: str, model_file, instruction: str | None, *, text: bool = True) -> Provenance:
         """The provenance of vectors made by the GGUF `model_file`, asked for as `spec` (a path or catalog name)."""
         from ..catalog import is_model_path
-        from ..distributed.identity import file_sha256
+        from ..gguf_file import file_sha256
 
         name = Path(spec).name if is_model_path(spec) else str(spec)
         return cls(name, file_sha256(model_file.path), instruction, text)

@@ -611,7 +611,7 @@ class Collection:
         if path is None:
             return False
         if path not in self._hashes:
-            from ..distributed.identity import file_sha256
+            from ..gguf_file import file_sha256
 
             self._hashes[path] = file_sha256(path)
         if self._hashes[path] != sha256:
