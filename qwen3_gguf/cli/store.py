@@ -1,4 +1,5 @@
-"""`qwen3-gguf index` and `qwen3-gguf search`: an incremental SQLite collection of file chunks."""
+"""`qwen3-gguf index`, `qwen3-gguf search` and `qwen3-gguf collections`: an incremental SQLite collection of file
+chunks."""
 
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ from typing import IO
 import numpy as np
 
 from ..atomic import atomic_paths
+from ..catalog import is_model_path
 from ..errors import UserError
+from ..gguf_file import file_sha256
 from .chunking import Chunk
 
 FORMATS = ("jsonl", "npy", "parquet")
@@ -43,9 +45,6 @@ class Provenance:
     @classmethod
     def of(cls, spec: str, model_file, instruction: str | None, *, text: bool = True) -> Provenance:
         """The provenance of vectors made by the GGUF `model_file`, asked for as `spec` (a path or catalog name)."""
-        from ..catalog import is_model_path
-        from ..gguf_file import file_sha256
-
         name = Path(spec).name if is_model_path(spec) else str(spec)
         return cls(name, file_sha256(model_file.path), instruction, text)
 

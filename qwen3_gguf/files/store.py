@@ -37,6 +37,7 @@ import numpy as np
 
 from ..catalog import cached_path, default_embedding_model, is_model_path, lookup
 from ..errors import UserError
+from ..gguf_file import file_sha256
 from ..limits import check_dim
 from ..prompts import DEFAULT_INSTRUCTION
 from .chunking import Chunker
@@ -611,8 +612,6 @@ class Collection:
         if path is None:
             return False
         if path not in self._hashes:
-            from ..gguf_file import file_sha256
-
             self._hashes[path] = file_sha256(path)
         if self._hashes[path] != sha256:
             raise UserError(f"the records were embedded with {record_model} (GGUF sha256 {sha256[:12]}…); "
