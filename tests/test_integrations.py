@@ -375,7 +375,8 @@ def test_a_missing_extra_names_the_install(framework):
 
 
 def test_the_missing_extra_error_is_an_import_error_and_a_user_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "chromadb", None)
+    for name in ["chromadb", *(name for name in sys.modules if name.startswith("chromadb."))]:
+        monkeypatch.setitem(sys.modules, name, None)     # submodules too: an earlier test may have imported them
     monkeypatch.delitem(sys.modules, "qwen3_gguf.integrations.chroma", raising=False)
     with pytest.raises(ImportError) as caught:
         import qwen3_gguf.integrations.chroma  # noqa: F401
