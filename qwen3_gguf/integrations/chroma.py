@@ -7,8 +7,8 @@ are and queries (`embed_query`, which Chroma calls for `query_texts`) with the i
     collection.query(query_texts=["what is GGUF?"], n_results=3)
 
 The function is registered by name, so a collection remembers it: `get_collection` rebuilds it from
-its config. Chroma also builds a throwaway copy from the config when a collection is created; the
-model is therefore loaded on the first call, not in the constructor (and once per object).
+its config. Chroma also builds a throwaway copy from the config whenever a collection is created, so
+each object loads its model on its first call (once), not in the constructor.
 """
 
 from __future__ import annotations
