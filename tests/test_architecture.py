@@ -17,9 +17,11 @@ ALLOWED = {
     "files": {"errors", "atomic", "catalog", "gguf_file", "limits", "prompts", "embed", "progress"},
     "quantization": {"runtime", "errors", "atomic", "data", "gguf_file", "progress", "prompts", "tensor_names",
                      "limits", "embed", "rerank", "convert"},
+    "integrations": {"builds", "embed", "rerank", "errors", "limits", "prompts"},
 }
-# The front ends: the command line and the rooms only it starts (the server, the scale-out job).
-FRONT_ENDS = {"cli", "server", "distributed"}
+# The front ends: the command line, the rooms only it starts (the server, the scale-out job) and the
+# framework classes.
+FRONT_ENDS = {"cli", "server", "distributed", "integrations"}
 
 
 def module_name(path: Path) -> str:

@@ -9,6 +9,7 @@ that last-token pooling reads, and caps inputs at 512 tokens by default. So we d
 from __future__ import annotations
 
 import ctypes
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -277,8 +278,11 @@ class PooledContext:
             llama.llama_free(self._ctx)
             self._ctx = None
 
-    def __del__(self):
-        self.close()
+    def __del__(self, _exiting=sys.is_finalizing):
+        # At exit the process frees it, and llama_cpp's functions may already be gone (objects kept
+        # alive to the end, as the framework classes keep theirs).
+        if not _exiting():
+            self.close()
 
 
 class _FinalHiddenStates:

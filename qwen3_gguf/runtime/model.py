@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import unicodedata
 from pathlib import Path
@@ -101,5 +102,8 @@ class LlamaModel:
             llama.llama_model_free(self._model)
             self._model = None
 
-    def __del__(self):
-        self.close()
+    def __del__(self, _exiting=sys.is_finalizing):
+        # At exit the process frees it, and llama_cpp's functions may already be gone (objects kept
+        # alive to the end, as the framework classes keep theirs).
+        if not _exiting():
+            self.close()
