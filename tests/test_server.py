@@ -21,6 +21,7 @@ import httpx  # noqa: E402
 from server_harness import ThreadServer  # noqa: E402
 
 from qwen3_gguf import Embedder, Reranker  # noqa: E402
+from qwen3_gguf.prompts import DEFAULT_INSTRUCTION  # noqa: E402
 from qwen3_gguf.server import Limits, create_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,8 @@ def reference_reranker(reranker_tied_gguf):
 
 @pytest.fixture(scope="module")
 def live(embedder, reranker):
-    with ThreadServer(create_app(embedder, reranker, limits=Limits(max_inputs=64, max_request_bytes=1 << 20))) as s:
+    limits = Limits(max_inputs=64, max_request_bytes=1 << 20)
+    with ThreadServer(create_app(embedder, reranker, limits=limits, accept_token_ids=True)) as s:
         yield s
 
 
@@ -171,7 +173,9 @@ def test_models_health_and_metrics(client, embedder, reranker):
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
     assert [(m["id"], m["object"], m["kind"]) for m in models["data"]] == [
-        (names[0], "model", "embedding"), (names[1], "model", "reranker")]
+        (names[0], "model", "embedding"), (names[0] + "-query", "model", "embedding"),
+        (names[1], "model", "reranker")]
+    assert models["data"][1]["query_instruction"] == DEFAULT_INSTRUCTION
     assert client.get("/models").json() == models
     assert client.get("/health").json() == {"status": "ok", "models": names}
     client.post("/v1/embeddings", json={"input": "count me"})
@@ -385,25 +389,59 @@ def test_too_many_inputs_is_a_413_naming_the_limit(client):
     assert rerank.status_code == 413 and "at most 64" in rerank.json()["error"]["message"]
 
 
-def test_over_long_inputs_are_truncated_unless_truncate_is_false(client, reference, reference_reranker):
+def test_over_long_inputs_follow_each_familys_default(client, reference, reference_reranker):
+    """OpenAI refuses (400), TEI's truncate defaults to false (413), Ollama's to true; llama.cpp's
+    rerank refuses, TEI's rerank form refuses with 413, Cohere cuts. `truncate` overrides each."""
     long_text = "tokens " * 900
     n_tokens = len(reference.token_pieces(long_text)) + 1
-    truncated = client.post("/v1/embeddings", json={"input": ["short", long_text]})
-    assert_same_vectors(openai_vectors(truncated), reference.encode(["short", long_text]))
+    too_long = f"'{{key}}[1]' has {n_tokens} tokens, over this model's limit of {MAX_TOKENS}; " \
+               'send "truncate": true to have it cut to the limit'
+    expected = reference.encode(["short", long_text])  # the Embedder cuts to its limit, keeping the EOS
+
+    openai = client.post("/v1/embeddings", json={"input": ["short", long_text]})
+    assert openai.status_code == 400
+    assert openai.json() == {"error": {"message": too_long.format(key="input"), "type": "invalid_request_error",
+                                       "param": "input", "code": None}}
+    truncated = client.post("/v1/embeddings", json={"input": ["short", long_text], "truncate": True})
+    assert_same_vectors(openai_vectors(truncated), expected)
     assert truncated.json()["usage"]["prompt_tokens"] == len(reference.tokenize("short")[0]) + MAX_TOKENS
-    for path, key in (("/v1/embeddings", "input"), ("/embed", "inputs"), ("/api/embed", "input")):
-        refused = client.post(path, json={key: ["short", long_text], "truncate": False})
-        assert refused.status_code == 400
-        assert f"'{key}[1]' has {n_tokens} tokens, over this model's limit of {MAX_TOKENS}" in refused.text
     ids = reference.tokenize(long_text)[0][:-1] + [100] * 50
-    refused_ids = client.post("/v1/embeddings", json={"input": [ids], "truncate": False})
-    assert refused_ids.status_code == 400 and f"has {len(ids) + 1} tokens" in refused_ids.text
-    rerank = client.post("/rerank", json={"query": "q", "texts": ["fine", long_text], "truncate": False})
+    refused_ids = client.post("/v1/embeddings", json={"input": [ids]})
+    assert refused_ids.status_code == 400 and f"has {len(ids) + 1} tokens" in refused_ids.json()["error"]["message"]
+
+    for path in ("/embed", "/"):
+        tei = client.post(path, json={"inputs": ["short", long_text]})
+        assert tei.status_code == 413
+        assert tei.json() == {"error": too_long.format(key="inputs"), "error_type": "Validation"}
+        assert_same_vectors(client.post(path, json={"inputs": ["short", long_text], "truncate": True}).json(),
+                            expected)
+
+    ollama = client.post("/api/embed", json={"input": ["short", long_text]})
+    assert ollama.status_code == 200
+    assert_same_vectors(ollama.json()["embeddings"], expected)
+    refused = client.post("/api/embed", json={"input": ["short", long_text], "truncate": False})
+    assert refused.status_code == 400 and refused.json() == {"error": too_long.format(key="input")}
+
     n_prompt_tokens = reference_reranker.prompt_length("q", long_text)
     assert n_prompt_tokens > n_tokens > MAX_TOKENS  # the whole text and the template: the count before truncation
-    assert rerank.status_code == 400
-    assert (f"'texts[1]' makes a prompt of {n_prompt_tokens} tokens with the query and template, over this "
-            f"model's limit of {MAX_TOKENS}") in rerank.json()["error"]
+    too_long_prompt = (f"'{{key}}[1]' makes a prompt of {n_prompt_tokens} tokens with the query and template, over "
+                       f"this model's limit of {MAX_TOKENS}; " 'send "truncate": true to have it cut to the limit')
+    scores = reference_reranker.score("q", ["fine", long_text])
+    llama_cpp = client.post("/v1/rerank", json={"query": "q", "documents": ["fine", long_text]})
+    assert llama_cpp.status_code == 400
+    assert llama_cpp.json() == {"error": {"code": 400, "message": too_long_prompt.format(key="documents"),
+                                          "type": "invalid_request_error"}}
+    cut = client.post("/v1/rerank", json={"query": "q", "documents": ["fine", long_text], "truncate": True}).json()
+    assert np.abs(np.array([r["relevance_score"] for r in sorted(cut["results"], key=lambda r: r["index"])])
+                  - scores).max() <= 1e-6
+    for path in ("/rerank", "/"):
+        tei_rerank = client.post(path, json={"query": "q", "texts": ["fine", long_text]})
+        assert tei_rerank.status_code == 413
+        assert tei_rerank.json() == {"error": too_long_prompt.format(key="texts"), "error_type": "Validation"}
+    cohere = client.post("/v2/rerank", json={"query": "q", "documents": ["fine", long_text]})
+    assert cohere.status_code == 200
+    got = {r["index"]: r["relevance_score"] for r in cohere.json()["results"]}
+    assert np.abs(np.array([got[0], got[1]]) - scores).max() <= 1e-6
 
 
 def test_missing_models_answer_404_saying_how_to_start_them(embedder):

@@ -135,10 +135,20 @@ def test_scheduler_hands_an_engine_failure_to_the_requests_that_were_in_it():
 
 
 def test_embedding_inputs_accept_the_four_openai_forms():
-    assert embedding_inputs("hi", "input", max_inputs=10).texts == ["hi"]
-    assert embedding_inputs(["a", "b"], "input", max_inputs=10).texts == ["a", "b"]
-    assert embedding_inputs([1, 2, 3], "input", max_inputs=10).token_ids == [[1, 2, 3]]
-    assert embedding_inputs([[1], [2, 3]], "input", max_inputs=10).token_ids == [[1], [2, 3]]
+    assert embedding_inputs("hi", "input", max_inputs=10, accept_token_ids=False).texts == ["hi"]
+    assert embedding_inputs(["a", "b"], "input", max_inputs=10, accept_token_ids=False).texts == ["a", "b"]
+    assert embedding_inputs([1, 2, 3], "input", max_inputs=10, accept_token_ids=True).token_ids == [[1, 2, 3]]
+    assert embedding_inputs([[1], [2, 3]], "input", max_inputs=10, accept_token_ids=True).token_ids == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3], [[1], [2, 3]]])
+def test_token_ids_are_refused_unless_accepted_saying_why(ids):
+    with pytest.raises(ApiError) as refused:
+        embedding_inputs(ids, "inputs", max_inputs=10, accept_token_ids=False)
+    assert refused.value.status == 400 and refused.value.param == "inputs"
+    assert refused.value.message.startswith("'inputs' holds token ids, which this server would read as Qwen3 token ids")
+    assert "check_embedding_ctx_length=False" in refused.value.message
+    assert refused.value.message.endswith("start the server with --accept-token-ids")
 
 
 @pytest.mark.parametrize(("value", "status", "fragment"), [
@@ -156,7 +166,7 @@ def test_embedding_inputs_accept_the_four_openai_forms():
 ])
 def test_embedding_inputs_refuse_bad_shapes_naming_the_field(value, status, fragment):
     with pytest.raises(ApiError) as refused:
-        embedding_inputs(value, "input", max_inputs=10)
+        embedding_inputs(value, "input", max_inputs=10, accept_token_ids=True)
     assert refused.value.status == status
     assert fragment in refused.value.message
     assert refused.value.param == "input"
@@ -180,6 +190,8 @@ def test_query_instruction_comes_from_any_of_the_three_conventions():
     assert instruction_of({"prompt_name": "query"}) == DEFAULT_INSTRUCTION
     assert instruction_of({"instruction": "Find code"}) == "Find code"
     assert instruction_of({"input_type": "query", "instruction": "Find code"}) == "Find code"
+    assert instruction_of({}, queries=True) == DEFAULT_INSTRUCTION  # the query model id
+    assert instruction_of({"input_type": "document"}, queries=True) is None
     for bad in ({"input_type": "passage"}, {"input_type": "query", "prompt_name": "document"},
                 {"input_type": "document", "instruction": "x"}, {"instruction": "  "}):
         with pytest.raises(ApiError):

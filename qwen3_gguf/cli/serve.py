@@ -35,11 +35,14 @@ from ._common import AppState, model_option, runtime_options
               show_default=True, help="Larger request bodies get 413.")
 @click.option("--max-inputs", type=click.IntRange(min=1), default=Limits.max_inputs, show_default=True,
               help="More inputs (texts, documents) in one request get 413.")
+@click.option("--accept-token-ids", is_flag=True,
+              help="Embed token-id inputs (as Qwen3 ids) instead of refusing them; only for clients that "
+                   "tokenize with Qwen3's own tokenizer.")
 @runtime_options
 @click.pass_obj
 def serve(obj: AppState, model: str, no_embedding: bool, rerank_model: str | None, host: str, port: int,
           api_key: str | None, max_batch_tokens: int, max_queue_tokens: int, max_request_bytes: int,
-          max_inputs: int, device: str, threads: int | None) -> None:
+          max_inputs: int, accept_token_ids: bool, device: str, threads: int | None) -> None:
     """Serve embeddings and reranking over HTTP: OpenAI, TEI, Ollama, llama.cpp/Jina and Cohere APIs.
 
     Requests waiting at the same time are batched together. Stop with Ctrl-C or SIGTERM:
@@ -83,7 +86,7 @@ def serve(obj: AppState, model: str, no_embedding: bool, rerank_model: str | Non
 
     limits = Limits(max_batch_tokens=max_batch_tokens, max_queue_tokens=max_queue_tokens,
                     max_request_bytes=max_request_bytes, max_inputs=max_inputs)
-    app = create_app(load=load, api_key=api_key, limits=limits)
+    app = create_app(load=load, api_key=api_key, limits=limits, accept_token_ids=accept_token_ids)
     config = uvicorn.Config(app, log_level="info" if obj.verbose else "warning", access_log=obj.verbose,
                             timeout_graceful_shutdown=DRAIN_SECONDS)
     server = uvicorn.Server(config)

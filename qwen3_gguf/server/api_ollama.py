@@ -1,4 +1,5 @@
-"""Ollama's `POST /api/embed` and `GET /api/tags`."""
+"""Ollama's `POST /api/embed` and `GET /api/tags`; over-long inputs are cut (`truncate` defaults to true, as in
+Ollama)."""
 
 from __future__ import annotations
 

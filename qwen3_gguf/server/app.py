@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import api_ollama, api_openai, api_rerank, api_tei
+from . import api_ollama, api_openai, api_rerank, api_tei, openapi
 from .errors import ApiError, Family, cohere_body, llama_cpp_body, ollama_body, openai_body, tei_body
 from .limits import DRAIN_SECONDS, Limits
 from .metrics import CONTENT_TYPE, Metrics
@@ -28,8 +28,9 @@ log = logging.getLogger("qwen3_gguf.server")
 class ServerState:
     """The models (once loaded), their services, the limits and the metrics of one app."""
 
-    def __init__(self, *, api_key: str | None, limits: Limits):
+    def __init__(self, *, api_key: str | None, limits: Limits, accept_token_ids: bool):
         self.api_key = api_key
+        self.accept_token_ids = accept_token_ids
         self.limits = limits
         self.metrics = Metrics()
         self.embedding: EmbeddingService | None = None
@@ -93,15 +94,16 @@ class ServerState:
 
 
 def create_app(embedder=None, reranker=None, *, api_key: str | None = None, limits: Limits | None = None,
-               load: Callable[[], tuple] | None = None) -> Starlette:
+               load: Callable[[], tuple] | None = None, accept_token_ids: bool = False) -> Starlette:
     """An ASGI app serving `embedder` (an Embedder) and `reranker` (a Reranker); either may be None.
 
     With `load` (a function returning `(embedder, reranker)`) the models are loaded in a thread
     when the app starts, /health answers 503 until then, and the app closes them at shutdown.
     Models given directly stay the caller's to close. With `api_key`, every route but /health
-    needs `Authorization: Bearer <api_key>`.
+    needs `Authorization: Bearer <api_key>`. Token-id inputs are refused unless `accept_token_ids`:
+    they are read as Qwen3 ids, and clients that send ids send their own vocabulary's.
     """
-    state = ServerState(api_key=api_key or None, limits=limits or Limits())
+    state = ServerState(api_key=api_key or None, limits=limits or Limits(), accept_token_ids=accept_token_ids)
     if load is None:
         state.attach(embedder, reranker)
 
@@ -121,6 +123,7 @@ def create_app(embedder=None, reranker=None, *, api_key: str | None = None, limi
     routes = [
         Route("/health", _endpoint(_health, openai_body), methods=["GET"]),
         Route("/metrics", _endpoint(_metrics, openai_body), methods=["GET"]),
+        Route("/openapi.json", _endpoint(_openapi, openai_body), methods=["GET"]),
         *api_openai.routes(_endpoint),
         *api_rerank.routes(_endpoint),
         *api_tei.routes(_endpoint),
@@ -162,12 +165,16 @@ async def _metrics(request: Request, state: ServerState) -> Response:
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
+async def _openapi(request: Request, state: ServerState) -> dict:
+    return openapi.document(state.limits)
+
+
 def family_for(path: str) -> Family:
     """The error shape of a path, for answers given before (or without) its route."""
     if path.startswith("/api/"):
         return ollama_body
-    return {"/v2/rerank": cohere_body, "/embed": tei_body, "/rerank": llama_cpp_body, "/v1/rerank": llama_cpp_body,
-            "/v1/reranking": llama_cpp_body}.get(path, openai_body)
+    return {"/v2/rerank": cohere_body, "/embed": tei_body, "/": tei_body, "/rerank": llama_cpp_body,
+            "/v1/rerank": llama_cpp_body, "/v1/reranking": llama_cpp_body}.get(path, openai_body)
 
 
 async def _unknown_route(request: Request, exc: HTTPException) -> Response:
@@ -220,4 +227,5 @@ class _Gate:
         return hmac.compare_digest(given, expected)
 
 
-_ROUTE_NAMES = {"/health", "/metrics", *api_openai.PATHS, *api_rerank.PATHS, *api_tei.PATHS, *api_ollama.PATHS}
+_ROUTE_NAMES = {"/health", "/metrics", "/openapi.json", *api_openai.PATHS, *api_rerank.PATHS, *api_tei.PATHS,
+                *api_ollama.PATHS}

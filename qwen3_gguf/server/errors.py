@@ -45,6 +45,7 @@ _LLAMA_CPP_TYPES = {
 
 # Text Embeddings Inference: {"error", "error_type"}.
 _TEI_TYPES = {401: "Unauthorized", 429: "Overloaded", 500: "Backend", 503: "Unhealthy"}
+TEI_OVER_LONG_STATUS = 413  # TEI answers input it will not take (its "Validation" errors) with 413
 
 
 def openai_body(error: ApiError) -> dict:

@@ -99,11 +99,22 @@ class EmbeddingInputs:
         return len(self.texts if self.texts is not None else self.token_ids)
 
 
-def embedding_inputs(value, name: str, *, max_inputs: int) -> EmbeddingInputs:
-    """A string, a list of strings, a list of token ids or a list of token-id lists."""
-    if isinstance(value, list) and value and all(_is_int(v) for v in value):
+TOKEN_IDS_REFUSED = (
+    "'{name}' holds token ids, which this server would read as Qwen3 token ids; a client that tokenized with "
+    "another vocabulary gets wrong vectors without an error (LangChain's OpenAIEmbeddings sends tiktoken ids unless "
+    "check_embedding_ctx_length=False): send text, or start the server with --accept-token-ids"
+)
+
+
+def embedding_inputs(value, name: str, *, max_inputs: int, accept_token_ids: bool) -> EmbeddingInputs:
+    """A string, a list of strings, a list of token ids or a list of token-id lists (ids only when accepted)."""
+    single_ids = isinstance(value, list) and value and all(_is_int(v) for v in value)
+    id_lists = isinstance(value, list) and value and all(isinstance(v, list) for v in value)
+    if (single_ids or id_lists) and not accept_token_ids:
+        raise ApiError(400, TOKEN_IDS_REFUSED.format(name=name), param=name, code="token_ids_not_accepted")
+    if single_ids:
         return EmbeddingInputs(token_ids=[value])
-    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+    if id_lists:
         check_count(len(value), name, max_inputs)
         for i, ids in enumerate(value):
             if not ids:
@@ -125,10 +136,11 @@ def check_count(n: int, name: str, max_inputs: int) -> None:
 PROMPT_NAMES = ("query", "document")
 
 
-def instruction_of(body: dict) -> str | None:
+def instruction_of(body: dict, *, queries: bool = False) -> str | None:
     """The query instruction a request asks for, from the Qwen3 extensions of the APIs:
     `input_type` (Cohere/Voyage), `prompt_name` (sentence-transformers/TEI), `instruction`.
-    None means the inputs are documents."""
+    None means the inputs are documents; with `queries` (the query model id was asked for) the
+    inputs are queries unless the request says otherwise."""
     input_type = field(body, "input_type", str, None)
     prompt_name = field(body, "prompt_name", str, None)
     instruction = field(body, "instruction", str, None)
@@ -138,7 +150,7 @@ def instruction_of(body: dict) -> str | None:
             raise ApiError(400, f"'{key}' must be 'query' or 'document', got {value!r}", param=key)
     if len({value for _, value in named}) > 1:
         raise ApiError(400, "'input_type' and 'prompt_name' disagree", param="prompt_name")
-    kind = named[0][1] if named else None
+    kind = named[0][1] if named else ("query" if queries else None)
     if instruction is not None:
         if kind == "document":
             raise ApiError(400, "documents take no instruction; drop the instruction or ask for queries",

@@ -61,24 +61,28 @@ class EmbeddingService:
                                     stats=metrics.scheduler_stats(self.info.kind))
 
     async def embed(self, request: Request, inputs: EmbeddingInputs, *, instruction: str | None,
-                    dim: int | None, normalize: bool = True, truncate: bool = True,
-                    field: str = "input") -> Embedded:
+                    dim: int | None, normalize: bool = True, truncate: bool, field: str = "input",
+                    over_long_status: int = 400) -> Embedded:
+        """The vectors of `inputs`; an input over the model's limit is cut to it with `truncate`,
+        else refused with `over_long_status` (each API family answers it with its own)."""
         if dim is not None and not MIN_MRL_DIM <= dim <= self.info.dimension:
             raise ApiError(400, f"'dimensions' must be within {MIN_MRL_DIM}…{self.info.dimension} for this model "
                                 f"(its embeddings have {self.info.dimension}), got {dim}", param="dimensions")
         if inputs.texts is not None:
-            lengths = await asyncio.to_thread(self._text_lengths, inputs.texts, instruction, truncate, field)
+            lengths = await asyncio.to_thread(self._text_lengths, inputs.texts, instruction, truncate, field,
+                                              over_long_status)
             key, items = ("text", instruction, dim, normalize), inputs.texts
         else:
             if instruction is not None:
                 raise ApiError(400, "token-id inputs are embedded as given; send text to have an instruction "
                                     "put before it, or include the instruction's tokens", param="input_type")
-            lengths = self._token_lengths(inputs.token_ids, truncate, field)
+            lengths = self._token_lengths(inputs.token_ids, truncate, field, over_long_status)
             key, items = ("ids", None, dim, normalize), inputs.token_ids
         rows = await self._admit(request, key, items, lengths)
         return Embedded(np.stack(rows), sum(lengths))
 
-    def _text_lengths(self, texts: list[str], instruction: str | None, truncate: bool, field: str) -> list[int]:
+    def _text_lengths(self, texts: list[str], instruction: str | None, truncate: bool, field: str,
+                      over_long_status: int) -> list[int]:
         """Tokens each text is decoded as (after truncation), refusing overlong ones when asked."""
         lengths = []
         for i, text in enumerate(texts):
@@ -86,11 +90,12 @@ class EmbeddingService:
             ids, cut = self.embedder.tokenize(prompt)
             if cut and not truncate:
                 n_tokens = len(self.embedder.token_pieces(prompt)) + 1
-                raise _too_long(field, i, n_tokens, self.embedder.max_tokens)
+                raise _too_long(field, i, n_tokens, self.embedder.max_tokens, over_long_status)
             lengths.append(len(ids))
         return lengths
 
-    def _token_lengths(self, token_ids: list[list[int]], truncate: bool, field: str) -> list[int]:
+    def _token_lengths(self, token_ids: list[list[int]], truncate: bool, field: str,
+                       over_long_status: int) -> list[int]:
         n_vocab, eos, limit = self.embedder.vocabulary_size, self.embedder.eos_token_id, self.embedder.max_tokens
         lengths = []
         for i, ids in enumerate(token_ids):
@@ -103,7 +108,7 @@ class EmbeddingService:
                 raise ApiError(400, f"'{field}[{i}]' holds only the end-of-text token; there is nothing to embed",
                                param=field)
             if n_tokens > limit and not truncate:
-                raise _too_long(field, i, n_tokens, limit)
+                raise _too_long(field, i, n_tokens, limit, over_long_status)
             lengths.append(min(n_tokens, limit))
         return lengths
 
@@ -130,24 +135,28 @@ class RerankService:
                                     stats=metrics.scheduler_stats(self.info.kind))
 
     async def score(self, request: Request, query: str, documents: list[str], *, instruction: str | None,
-                    truncate: bool = True, field: str = "documents") -> Scored:
+                    truncate: bool, field: str = "documents", over_long_status: int = 400) -> Scored:
+        """P(yes) of each document; a prompt over the model's limit has its document cut with
+        `truncate`, else is refused with `over_long_status`."""
         if not query:
             raise ApiError(400, "'query' is empty; there is nothing to rank against", param="query")
-        lengths = await asyncio.to_thread(self._lengths, query, documents, instruction, truncate, field)
+        lengths = await asyncio.to_thread(self._lengths, query, documents, instruction, truncate, field,
+                                          over_long_status)
         scores = await _admit(self._scheduler, self._metrics, self.info.kind, request, (query, instruction),
                               documents, lengths)
         return Scored(np.asarray(scores, dtype=np.float32), sum(lengths))
 
     def _lengths(self, query: str, documents: list[str], instruction: str | None, truncate: bool,
-                 field: str) -> list[int]:
+                 field: str, over_long_status: int) -> list[int]:
         lengths = []
         for i, document in enumerate(documents):
             prompt = (query, document, *([instruction] if instruction else []))
             ids, cut = self.reranker.tokenize(*prompt)
             if cut and not truncate:
-                raise ApiError(400, f"'{field}[{i}]' makes a prompt of {self.reranker.prompt_length(*prompt)} tokens "
-                                    f"with the query and template, over this model's limit of "
-                                    f"{self.reranker.max_tokens} (truncate is false)", param=field)
+                n_tokens = self.reranker.prompt_length(*prompt)
+                raise ApiError(over_long_status, f"'{field}[{i}]' makes a prompt of {n_tokens} tokens with the query "
+                                                 f"and template, over this model's limit of "
+                                                 f"{self.reranker.max_tokens}{_TRUNCATE_HINT}", param=field)
             lengths.append(len(ids))
         return lengths
 
@@ -159,9 +168,12 @@ class RerankService:
         return self._scheduler.stop(timeout)
 
 
-def _too_long(field: str, index: int, n_tokens: int, limit: int) -> ApiError:
-    return ApiError(400, f"'{field}[{index}]' has {n_tokens} tokens, over this model's limit of {limit} "
-                         "(truncate is false)", param=field)
+def _too_long(field: str, index: int, n_tokens: int, limit: int, status: int) -> ApiError:
+    return ApiError(status, f"'{field}[{index}]' has {n_tokens} tokens, over this model's limit of {limit}"
+                         f"{_TRUNCATE_HINT}", param=field)
+
+
+_TRUNCATE_HINT = "; send \"truncate\": true to have it cut to the limit"
 
 
 async def _admit(scheduler: Scheduler, metrics: Metrics, model: str, request: Request, key, items: list,
