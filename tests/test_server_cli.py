@@ -52,7 +52,8 @@ def test_the_openai_sdk_against_a_live_serve_process(embedding_gguf_256, reranke
                                          extra_body={"input_type": "query"})
         assert len(query.data[0].embedding) == 64
         assert min_cosine([d.embedding for d in query.data], queries) >= 0.99999
-        assert {m.id for m in client.models.list()} == {embedding_gguf_256.stem, reranker_tied_gguf.stem}
+        assert {m.id for m in client.models.list()} == {embedding_gguf_256.stem, embedding_gguf_256.stem + "-query",
+                                                         reranker_tied_gguf.stem}
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).embeddings.create(
                 model="m", input="x")
