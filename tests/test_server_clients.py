@@ -193,6 +193,16 @@ def test_query_model_id_embeds_instructed_queries(live, reference, embedder):
     assert_same_vectors([own["data"][0]["embedding"]], reference.encode([QUERY], instruction="Find code"))
 
 
+def test_llama_index_openai_like_query_model_id(live, reference, embedder):
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    name = embedder.model_file.path.stem
+    queries = OpenAILikeEmbedding(model_name=name + "-query", api_base=f"{live.url}/v1", api_key="unused")
+    documents = OpenAILikeEmbedding(model_name=name, api_base=f"{live.url}/v1", api_key="unused")
+    assert_same_vectors([queries.get_query_embedding(QUERY)], reference.encode([QUERY], prompt_name="query"))
+    assert_same_vectors([documents.get_text_embedding(TEXTS[0])], reference.encode(TEXTS[:1]))
+
+
 def test_query_model_id_with_token_ids_is_refused(accepting, embedder):
     query_id = embedder.model_file.path.stem + "-query"
     response = httpx.post(f"{accepting.url}/v1/embeddings", json={"model": query_id, "input": [9707]}, timeout=60)
