@@ -14,7 +14,7 @@ types: per file type (F32, F16, BF16, Q8_0, Q4_K_M, Q4_0), the file's own error 
   defaults add on top (F16 KV + flash attention against exact, same file), their ratio, and
   the defaults' added error.
 speed: tokens/s of each KV type × flash-attention setting on the 0.6B shape with --layers layers
-  (benchmarks/profile_documents.py builds it; F16 and Q8_0): two documents (256 and 1,024 tokens)
+  (the model of benchmarks/profile_documents.py; F16 and Q8_0): two documents (256 and 1,024 tokens)
   and 32 queries after the default instruction; settings alternate inside each repetition,
   medians of --runs.
 
@@ -28,20 +28,17 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import BENCH, TextMaker, layered_models, log
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
+from qwen3_gguf.atomic import write_text_atomically
+
 CACHE = BENCH / ".cache" / "numerics"
 OUT = BENCH / "numerics.json"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(BENCH))
 
 SECTIONS = ("fidelity", "types", "speed")
 FILE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m", "q4_0")
@@ -66,11 +63,6 @@ RERANK_DOCUMENTS = [
     "Chronik. " + " ".join(f"Im Jahr {1800 + i} wuchs die Stadt um {i} Häuser." for i in range(160)),    # >1,024
 ]
 EMBED_QUERY_INSTRUCTION = "Find passages in the same language"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -249,17 +241,14 @@ def types(file_types: list[str]) -> dict:
 def speed(runs: int, layers: int) -> dict:
     """tokens/s of each KV type × flash attention setting, alternating inside each repetition.
 
-    The model is the 0.6B shape with `layers` layers (benchmarks/profile_documents.py builds it):
+    The model is the 0.6B shape with `layers` layers (the model of profile_documents.py):
     every layer does the work of the real model's, so ratios between settings carry over.
     """
-    from profile_documents import models
-    from run import TextMaker
-
     from qwen3_gguf import Embedder
     from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
     from qwen3_gguf.runtime.precision import GGML_TYPE_F16, GGML_TYPE_F32, Numerics
 
-    paths = models(layers)
+    paths = layered_models(layers)
     maker = TextMaker(paths["q8_0"])
     documents = [maker.text(n) for n in (256, 1024)]
     queries = [maker.query() for _ in range(32)]
@@ -350,7 +339,7 @@ def main() -> None:
         else:
             results[section] = fidelity() if section == "fidelity" else types(args.types.split(","))
         results[section]["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        write_text_atomically(OUT, json.dumps(results, indent=1) + "\n")
     print(tables(results))
 
 

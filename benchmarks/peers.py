@@ -1,7 +1,8 @@
 """qwen3-gguf against the CPU runtimes a user would pick instead, on the same model and texts.
 
-The 0.6B-shaped random-weight checkpoint of benchmarks/run.py (its GGUFs and texts too):
-6 documents of 64–2,048 tokens and 32 queries under the default instruction. Systems:
+The 0.6B-shaped random-weight checkpoint, GGUFs and texts benchmarks/run.py measures too
+(benchmarks/common.py builds them): 6 documents of 64–2,048 tokens and 32 queries under the
+default instruction. Systems:
 
 - qwen3-gguf `Embedder.encode` at F16, Q8_0, Q4_K_M, plus any `--types` of
   benchmarks/quant_types.py (built on first use);
@@ -34,29 +35,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    BENCH,
+    CACHE,
+    MIB,
+    QUANTS,
+    build_models,
+    build_variant,
+    child_qwen3_gguf,
+    cosines,
+    head_rule,
+    log,
+    machine_meta,
+    make_inputs,
+    measure,
+    run_in_fresh_process,
+    unit,
+    variants,
+    write_section,
+)
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from qwen3_gguf.atomic import write_text_atomically
 
-import run as bench  # noqa: E402 - the checkpoint, GGUFs, texts and RSS reader of benchmarks/run.py
-
-from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text  # noqa: E402
-
-ROOT, CACHE, MIB = bench.ROOT, bench.CACHE, bench.MIB
 ONNX_DIR = CACHE / "onnx"
 VECTORS = CACHE / "peers"
 QUERY_BATCH = 16
 LLAMA_EMBED_CTX = 2048
 REFERENCE = "transformers fp32"
-RESULTS_MD = BENCH / "results.md"
 
 
 # --- the systems ------------------------------------------------------------------------------
@@ -66,12 +76,10 @@ def systems(paths: dict, extra_types: list[str]) -> list[dict]:
     """Every system to measure, in the order of a round: the reference first (every cosine needs
     it), then those the targets compare, then the others."""
     ours = [{"label": f"qwen3-gguf {quant.upper()}", "child": "qwen3_gguf", "model": str(paths[quant])}
-            for quant in bench.QUANTS]
+            for quant in QUANTS]
     if extra_types:
-        from quant_types import VARIANTS, build_variant
-
         ours += [{"label": f"qwen3-gguf {name}", "child": "qwen3_gguf",
-                  "model": str(build_variant(VARIANTS[name], paths))} for name in extra_types]
+                  "model": str(build_variant(variants()[name], paths))} for name in extra_types]
     out = [
         {"label": REFERENCE, "child": "transformers"},
         {"label": "ONNX Runtime int8 (dynamic, per-channel)", "child": "onnxruntime",
@@ -167,65 +175,15 @@ def prepare(system: dict, log) -> str | None:
         record = target.with_suffix(".by")
         if not target.is_file():
             log(f"  preparing {step}")
-            result = run_child({"child": "prepare", "what": step, "checkpoint": system["checkpoint"]})
+            result = run_in_fresh_process(__file__, {"child": "prepare", "what": step,
+                                                     "checkpoint": system["checkpoint"]})
             record.write_text(result["made_by"])
         made.append(record.read_text() if record.is_file() else "unknown")
     return "; ".join(made)
 
 
-# --- children: one system each, in a fresh process ---------------------------------------------
-
-
-def load_texts(spec: dict, as_prompts: bool) -> tuple[list[str], list[str]]:
-    inputs = json.loads(Path(spec["inputs"]).read_text())
-    if not as_prompts:
-        return inputs["documents"], inputs["queries"]
-    return inputs["documents"], [query_text(q, DEFAULT_INSTRUCTION) for q in inputs["queries"]]
-
-
-def measure(load, encode_documents, encode_queries, spec: dict, queries_as_prompts: bool = True) -> dict:
-    """The protocol every child follows; vectors are saved for the fidelity comparison. The
-    queries go in with the instruction written in front, or as they are to qwen3-gguf, which
-    writes it (and reuses its tokens across queries)."""
-    documents, queries = load_texts(spec, queries_as_prompts)
-    started = time.perf_counter()
-    model = load()
-    load_s = time.perf_counter() - started
-    encode_documents(model, documents[:1])  # warm-up: the shortest document and two queries
-    encode_queries(model, queries[:2])
-    started, cpu = time.perf_counter(), time.process_time()
-    document_vectors = encode_documents(model, documents)
-    documents_s, documents_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    documents_rss = bench.peak_rss()
-    started, cpu = time.perf_counter(), time.process_time()
-    query_vectors = encode_queries(model, queries)
-    queries_s, queries_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    if spec.get("vectors"):
-        np.savez(spec["vectors"], documents=np.asarray(document_vectors, dtype=np.float32),
-                 queries=np.asarray(query_vectors, dtype=np.float32))
-    return {"load_s": load_s, "documents_s": documents_s, "queries_s": queries_s, "documents_rss": documents_rss,
-            "documents_cpu_s": documents_cpu_s, "queries_cpu_s": queries_cpu_s,
-            "load_average": os.getloadavg()[1]}  # the machine is shared: how busy it was meanwhile
-
-
-def unit(vectors) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def child_qwen3_gguf(spec: dict) -> dict:
-    from qwen3_gguf import Embedder
-
-    def load():
-        return Embedder(spec["model"], threads=spec["threads"])
-
-    def documents(embedder, texts):
-        return embedder.encode(texts)
-
-    def queries(embedder, texts):
-        return embedder.encode(texts, prompt_name="query")
-
-    return measure(load, documents, queries, spec, queries_as_prompts=False)
+# --- children: one system each, in a fresh process, all under common.measure's protocol ---------
+# (qwen3-gguf's is common.child_qwen3_gguf, which quant_types.py runs too)
 
 
 def child_llama_embed(spec: dict) -> dict:
@@ -349,27 +307,7 @@ CHILDREN = {"qwen3_gguf": child_qwen3_gguf, "llama_embed": child_llama_embed, "o
             "openvino": child_openvino, "transformers": child_transformers, "prepare": child_prepare}
 
 
-def run_child(spec: dict) -> dict:
-    """One measurement in a fresh interpreter; its JSON result (RuntimeError when it fails)."""
-    child = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                           capture_output=True, text=True, cwd=ROOT)
-    if child.returncode != 0:
-        lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"exit code {child.returncode}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
-
-
 # --- comparing ---------------------------------------------------------------------------------
-
-
-def cosines(vectors: Path, reference: Path) -> dict:
-    """min/mean cosine of each row to the reference's row, documents and queries."""
-    ours, theirs = np.load(vectors), np.load(reference)
-    out = {}
-    for part in ("documents", "queries"):
-        cos = np.sum(unit(ours[part]) * unit(theirs[part]), axis=1)
-        out[part] = {"min": float(cos.min()), "mean": float(cos.mean())}
-    return out
 
 
 def summarize(system: dict, rounds: list[dict], tokens: dict) -> dict:
@@ -428,7 +366,7 @@ def table(report: dict) -> str:
     head = ("| system | documents tok/s | queries tok/s | peak RSS (documents) MiB | "
             "cos docs min / mean | cos queries min / mean | rounds | load average | "
             "tokens per CPU-second docs / queries |")
-    lines = [head, bench.head_rule(head)]
+    lines = [head, head_rule(head)]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | | | |")
@@ -470,27 +408,12 @@ def markdown(report: dict) -> str:
         lines += ["Made by: " + "; ".join(made) + ".", ""]
     if report["targets"]:
         head = "| target | qwen3-gguf | peer | ratio | met |"
-        lines += [head, bench.head_rule(head)]
+        lines += [head, head_rule(head)]
         for t in report["targets"]:
             lines.append(f"| {t['target']} | {t['ours']:,.1f} | {t['theirs']:,.1f} | {t['ratio']:.2f} | "
                          f"{'yes' if t['met'] else 'no'} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def write_section(name: str, text: str) -> None:
-    """Put `text` into benchmarks/results.md between its own markers (replacing an earlier one);
-    benchmarks/run.py keeps such sections when it rewrites the file."""
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    current = RESULTS_MD.read_text() if RESULTS_MD.is_file() else ""
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    if begin in current and end in current:
-        before, rest = current.split(begin, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        current = before + block + ("\n" + after if after else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    RESULTS_MD.write_text(current)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -511,11 +434,8 @@ def main() -> None:
         print(json.dumps(CHILDREN[spec["child"]](spec)))
         return
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    paths = bench.build_models(log)
-    inputs = bench.make_inputs(paths, quick=False)
+    paths = build_models(log)
+    inputs = make_inputs(paths, quick=False)
     VECTORS.mkdir(parents=True, exist_ok=True)
     inputs_file = VECTORS / "inputs.json"
     inputs_file.write_text(json.dumps({"documents": inputs["documents"], "queries": inputs["queries"]}))
@@ -541,7 +461,7 @@ def main() -> None:
             spec = {**system, "threads": args.threads, "inputs": str(inputs_file),
                     "vectors": str(vectors_of(system)) if round_index == 0 else None}
             try:
-                rounds[system["label"]].append(run_child(spec))
+                rounds[system["label"]].append(run_in_fresh_process(__file__, spec))
             except RuntimeError as exc:
                 errors[system["label"]] = str(exc)[:300]
                 log(f"  failed: {errors[system['label']]}")
@@ -569,25 +489,8 @@ def report(args, inputs: dict, tokens: dict, chosen: list[dict], rounds: dict, e
     meta = machine_meta(args, inputs, tokens)
     meta["rounds_done"] = max((len(r) for label, r in rounds.items() if label not in errors), default=0)
     result = {"meta": meta, "rows": rows, "targets": targets(rows) if reference.is_file() else []}
-    (BENCH / "peers.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(BENCH / "peers.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     write_section("peers", markdown(result))
-
-
-def machine_meta(args, inputs: dict, tokens: dict) -> dict:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    lengths = inputs["document_tokens"]
-    return {"machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}", "threads": args.threads,
-            "load_average": [round(x, 1) for x in os.getloadavg()],
-            "runs": args.runs, "date": time.strftime("%Y-%m-%d %H:%M"), "argv": " ".join(sys.argv[1:]),
-            "n_documents": len(lengths), "document_lengths": f"{min(lengths)}–{max(lengths)}",
-            "n_queries": len(inputs["queries"]), "tokens": tokens}
 
 
 if __name__ == "__main__":

@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import BENCH, EOS, Engine, layered_models, log
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "benchmarks" / ".cache"
-OUT = ROOT / "benchmarks" / "profile_documents.json"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from qwen3_gguf.atomic import write_text_atomically
 
-SHAPE = dict(hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=3072)
-EOS = 151643
+OUT = BENCH / "profile_documents.json"
 # name: (file type, KV type, flash attention, piece tokens)
 ENGINE_SYSTEMS = {
     "q8_0 kv-f16 fa 512": ("q8_0", "f16", True, 512),      # llama.cpp's defaults, the engine before
@@ -48,51 +43,6 @@ ENGINE_SYSTEMS = {
     "q8_0 defaults": ("q8_0", None, None, None),
     "f16 defaults": ("f16", None, None, None),
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def models(layers: int) -> dict[str, Path]:
-    """The checkpoint with `layers` layers of the 0.6B shape, and its F16 and Q8_0 GGUFs, cached."""
-    from checkpoints import build_checkpoint
-
-    from qwen3_gguf.convert import convert_checkpoint
-
-    ckpt = CACHE / f"embedding-0.6b-shaped-{layers}-layers"
-    if not (ckpt / "config.json").is_file():
-        log(f"building the {layers}-layer 0.6B-shaped checkpoint")
-        build_checkpoint(ckpt, kind="embedding", num_layers=layers, seed=0, **SHAPE)
-    paths = {"checkpoint": ckpt}
-    for file_type in ("f16", "q8_0", "f32", "bf16"):
-        out = CACHE / f"{ckpt.name}-{file_type}.gguf"
-        if not out.is_file():
-            log(f"converting to {file_type}")
-            convert_checkpoint(ckpt, out, outtype=file_type)
-        paths[file_type] = out
-    return paths
-
-
-
-class Engine:
-    """One llama.cpp runner at fixed settings; `seconds(tokens)` times one document."""
-
-    def __init__(self, path: Path, kv: str | None, flash: bool | None, piece: int | None, threads: int):
-        from qwen3_gguf import runtime
-        from qwen3_gguf.runtime.batching import DEFAULT_BATCH_TOKENS, PooledRunner
-        from qwen3_gguf.runtime.precision import GGML_TYPE_F16, GGML_TYPE_F32, Numerics
-
-        runtime.init_backend()
-        self.model = runtime.LlamaModel(path)
-        numerics = None if kv is None else Numerics({"f16": GGML_TYPE_F16, "f32": GGML_TYPE_F32}[kv], flash)
-        self.runner = PooledRunner(self.model, pooling=runtime.POOLING_LAST, threads=threads,
-                                   batch_tokens=piece or DEFAULT_BATCH_TOKENS, numerics=numerics)
-
-    def seconds(self, tokens: list[int]) -> float:
-        start = time.perf_counter()
-        self.runner.run([tokens])
-        return time.perf_counter() - start
 
 
 class Transformers:
@@ -124,7 +74,7 @@ def main() -> None:
     lengths = [int(n) for n in args.lengths.split(",")]
     names = [n.replace("_", " ") for n in args.systems.split(",")]
     names = [n.replace("q8 0", "q8_0") for n in names]
-    paths = models(args.layers)
+    paths = layered_models(args.layers)
     systems = {}
     for name in names:
         if name == "transformers":
@@ -148,7 +98,7 @@ def main() -> None:
             speed = length / statistics.median(seconds[name])
             results["tokens_per_s"].setdefault(name, {})[str(length)] = speed
             log(f"{length} tokens, {name}: {speed:.1f} tok/s {[round(s, 2) for s in seconds[name]]}")
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomically(OUT, json.dumps(results, indent=1) + "\n")
     base = results["tokens_per_s"].get("transformers")
     print(f"tokens/s of one document by length ({args.layers} layers of the 0.6B shape, {args.threads} threads, "
           f"median of {args.runs}; × transformers fp32 in parentheses)\n")

@@ -1,6 +1,6 @@
 """Where one document's decode spends its time, by kind of work: a Linux `perf` profile, bucketed.
 
-    python benchmarks/profile_perf.py --file f16 --tokens 2048     # 4-layer 0.6B shape (profile_documents.py)
+    python benchmarks/profile_perf.py --file f16 --tokens 2048     # 4-layer 0.6B shape, as profile_documents.py
     python benchmarks/profile_perf.py --file q8_0 --tokens 512 --repeats 6
 
 Runs the engine with its defaults on one random-token document under `perf record` (perf must be
@@ -22,17 +22,13 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))
+import numpy as np
+from common import EOS, Engine, layered_models
 
 
 def decode(file_type: str, n_tokens: int, repeats: int, layers: int) -> None:
     """The profiled child: one document of n_tokens, decoded `repeats` times with every default."""
-    import numpy as np
-    from profile_documents import EOS, Engine, models
-
-    engine = Engine(models(layers)[file_type], None, None, None, threads=2)
+    engine = Engine(layered_models(layers)[file_type], None, None, None, threads=2)
     tokens = [int(t) for t in np.random.default_rng(0).integers(1000, 100000, n_tokens - 1)] + [EOS]
     for _ in range(repeats):
         engine.seconds(tokens)

@@ -1,6 +1,6 @@
 """What bounds short queries under the default instruction: the cost of a decode per row.
 
-    python benchmarks/profile_queries.py     # after benchmarks/run.py has built its models
+    python benchmarks/profile_queries.py     # the models of benchmarks/run.py, built on first use
 
 With the instruction's KV cells shared, each query decodes only its own tokens, packed a few
 queries to a decode; so the queries' speed is the matrix rate of llama.cpp at those row counts.
@@ -12,17 +12,13 @@ prints is (prompt tokens / decoded rows) × (llama.cpp rows/s) / (transformers t
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "benchmarks" / ".cache"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import CACHE, QUANTS, build_models, make_inputs
 
 ROWS = (1, 8, 16, 32, 64, 128, 512)
 THREADS = 2
@@ -101,14 +97,15 @@ def transformers_queries(prompts: list[str], batch_size: int = 16) -> tuple[int,
 
 
 def main() -> None:
-    import run as benchmark
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
 
     from qwen3_gguf import runtime
     from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
 
     runtime.init_backend()
-    paths = {quant: CACHE / f"embedding-0.6b-shaped-{quant}.gguf" for quant in ("f16", "q8_0", "q4_k_m")}
-    inputs = benchmark.make_inputs({"q8_0": paths["q8_0"]}, quick=False)
+    built = build_models()
+    paths = {quant: built[quant] for quant in QUANTS}
+    inputs = make_inputs(paths, quick=False)
     queries = inputs["queries"]
     prompts = [query_text(q, DEFAULT_INSTRUCTION) for q in queries]
     prompt_tokens, hf_seconds = transformers_queries(prompts)

@@ -8,7 +8,8 @@ speed as much as its bits do. This measures each
 type as llama.cpp makes it, and variants that move tensors onto another kernel (the tied token
 embedding/output at Q8_0/Q4_0/F16 instead of Q6_K; the Q6_K tensors of Q4_K_M at Q8_0; attn_v
 and ffn_down at Q8_0 over a repacked 4-bit base), all quantized from the same F16 GGUF with
-this project's quantizer. (Named quant_types.py: a benchmarks/types.py would shadow Python's
+this project's quantizer (the variants are named in benchmarks/common.py, for peers.py --types
+too). (Named quant_types.py: a benchmarks/types.py would shadow Python's
 `types` module for every script in this folder.)
 
 The texts are those of benchmarks/run.py and peers.py: by default 5 documents of 64–1,024
@@ -28,78 +29,32 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from common import (
+    BENCH,
+    CACHE,
+    MIB,
+    build_models,
+    build_variant,
+    child_qwen3_gguf,
+    cosines,
+    head_rule,
+    log,
+    machine_meta,
+    make_inputs,
+    run_in_fresh_process,
+    slug,
+    variants,
+    write_section,
+)
 
-import peers  # noqa: E402 - the measuring children and the results.md section writer
-import run as bench  # noqa: E402 - the checkpoint, GGUFs and texts
+from qwen3_gguf.atomic import write_text_atomically
 
-CACHE, MIB = bench.CACHE, bench.MIB
 REFERENCE = "BF16"
 N_DOCUMENTS = 5  # of benchmarks/run.py's 6 (64–2,048 tokens): 64–1,024 tokens
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A GGUF to measure: a file type, and what moves tensors onto other kernels."""
-
-    type: str
-    token_embedding_type: str | None = None
-    tensor_types: tuple[str, ...] = ()
-    recipe: str | None = None
-    converted: bool = False  # made by the converter (benchmarks/run.py), not quantized
-
-
-def _more_bits_layers(n_layer: int = 28) -> str:
-    """The blocks where Q4_K_M gives attn_v/ffn_down Q6_K (llama.cpp's use_more_bits), as a regex."""
-    from qwen3_gguf.quantization.llama_choice import use_more_bits
-
-    return "|".join(str(i) for i in range(n_layer) if use_more_bits(i, n_layer))
-
-
-SENSITIVE_Q8_0 = r"(attn_v|ffn_down)\.weight$=Q8_0"
-VARIANTS = {
-    "F16": Variant("F16", converted=True),
-    "Q8_0": Variant("Q8_0", converted=True),
-    "Q4_0": Variant("Q4_0"),
-    "Q4_0 embd Q8_0": Variant("Q4_0", token_embedding_type="Q8_0"),
-    "Q4_0 embd Q4_0": Variant("Q4_0", token_embedding_type="Q4_0"),
-    "Q4_0 embd F16": Variant("Q4_0", token_embedding_type="F16"),
-    "Q4_0 attn_v+ffn_down Q8_0": Variant("Q4_0", tensor_types=(SENSITIVE_Q8_0,)),
-    "IQ4_NL": Variant("IQ4_NL"),
-    "IQ4_NL embd Q8_0": Variant("IQ4_NL", token_embedding_type="Q8_0"),
-    "IQ4_NL attn_v+ffn_down Q8_0": Variant("IQ4_NL", tensor_types=(SENSITIVE_Q8_0,)),
-    "Q4_K_S": Variant("Q4_K_S"),
-    "Q4_K_M": Variant("Q4_K_M"),
-    "Q4_K_M Q6_K→Q8_0": Variant("Q4_K_M", token_embedding_type="Q8_0", tensor_types=(
-        rf"blk\.({_more_bits_layers()})\.(attn_v|ffn_down)\.weight$=Q8_0",)),
-    "Q5_K_M": Variant("Q5_K_M"),
-    "Q6_K": Variant("Q6_K"),
-}
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower().replace("→", "-to-")).strip("-")
-
-
-def build_variant(variant: Variant, paths: dict) -> Path:
-    """The variant's GGUF, quantized from the F16 GGUF once and cached."""
-    if variant.converted:
-        return paths[variant.type.lower()]
-    name = next(n for n, v in VARIANTS.items() if v == variant)
-    out = CACHE / f"embedding-0.6b-shaped-{slug(name)}.gguf"
-    if not out.is_file():
-        from qwen3_gguf.quantization import plan_quantization, quantize
-
-        plan = plan_quantization(paths["f16"], variant.type, recipe=variant.recipe,
-                                 token_embedding_type=variant.token_embedding_type,
-                                 tensor_types=variant.tensor_types)
-        quantize(plan, out)
-    return out
+VECTORS = CACHE / "peers"  # the folder peers.py keeps its vectors in
+CHILDREN = {"qwen3_gguf": child_qwen3_gguf}
 
 
 def reference_gguf(paths: dict) -> Path:
@@ -146,7 +101,7 @@ def markdown(report: dict) -> str:
         f"{' ' + meta['argv'] if meta['argv'] else ''}`.",
         "",
         head,
-        bench.head_rule(head),
+        head_rule(head),
     ]
     for r in report["rows"]:
         kinds = ", ".join(f"{n} {t}" for t, n in r["tensor_types"].items())
@@ -162,39 +117,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="rounds; every file once per round (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="threads (default 2)")
-    parser.add_argument("--only", help=f"only these, comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--only", help=f"only these, comma-separated: {', '.join(variants())}")
     parser.add_argument("--documents", type=int, default=N_DOCUMENTS,
                         help=f"the first N of benchmarks/run.py's documents, shortest first (default {N_DOCUMENTS})")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(CHILDREN[spec["child"]](spec)))
+        return
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = args.only.split(",") if args.only else list(variants())
+    unknown = [n for n in names if n not in variants()]
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    paths = bench.build_models(log)
-    inputs = bench.make_inputs(paths, quick=False)
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(variants())}")
+    paths = build_models(log)
+    inputs = make_inputs(paths, quick=False)
     inputs["documents"] = inputs["documents"][:args.documents]
     inputs["document_tokens"] = inputs["document_tokens"][:args.documents]
-    peers.VECTORS.mkdir(parents=True, exist_ok=True)
-    inputs_file = peers.VECTORS / "types-inputs.json"
+    VECTORS.mkdir(parents=True, exist_ok=True)
+    inputs_file = VECTORS / "types-inputs.json"
     inputs_file.write_text(json.dumps({"documents": inputs["documents"], "queries": inputs["queries"]}))
     tokens = {"documents": sum(inputs["document_tokens"]), "queries": sum(inputs["query_tokens"])}
     files = {REFERENCE: reference_gguf(paths)}
     for name in names:
         log(f"building {name}")
-        files[name] = build_variant(VARIANTS[name], paths)
-    vectors = {name: peers.VECTORS / f"type-{slug(name)}.npz" for name in files}
+        files[name] = build_variant(variants()[name], paths)
+    vectors = {name: VECTORS / f"type-{slug(name)}.npz" for name in files}
     log(f"reference: {REFERENCE}")
-    peers.run_child({"child": "qwen3_gguf", "model": str(files[REFERENCE]), "threads": args.threads,
+    run_in_fresh_process(__file__, {"child": "qwen3_gguf", "model": str(files[REFERENCE]), "threads": args.threads,
                      "inputs": str(inputs_file), "vectors": str(vectors[REFERENCE])})
     rounds: dict[str, list[dict]] = {name: [] for name in names}
     for round_index in range(args.runs):
         for name in names:
             log(f"round {round_index + 1}: {name}")
-            rounds[name].append(peers.run_child({
+            rounds[name].append(run_in_fresh_process(__file__, {
                 "child": "qwen3_gguf", "model": str(files[name]), "threads": args.threads, "inputs": str(inputs_file),
                 "vectors": str(vectors[name]) if round_index == 0 else None}))
     rows = []
@@ -204,14 +161,14 @@ def main() -> None:
             "tensor_types": tensor_types_of(files[name]), "rounds": rounds[name],
             "documents_tokens_per_s": tokens["documents"] / statistics.median(r["documents_s"] for r in rounds[name]),
             "queries_tokens_per_s": tokens["queries"] / statistics.median(r["queries_s"] for r in rounds[name]),
-            "cosine": peers.cosines(vectors[name], vectors[REFERENCE]),
+            "cosine": cosines(vectors[name], vectors[REFERENCE]),
         })
     pareto(rows)
-    meta = peers.machine_meta(args, inputs, tokens)
+    meta = machine_meta(args, inputs, tokens)
     report = {"meta": meta, "reference": REFERENCE, "rows": rows}
-    (BENCH / "quant_types.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(BENCH / "quant_types.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     text = markdown(report)
-    peers.write_section("quant-types", text)
+    write_section("quant-types", text)
     print(text)
 
 

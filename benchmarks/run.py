@@ -28,170 +28,36 @@ import functools
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
-CACHE = BENCH / ".cache"
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(ROOT / "tests"))
+from common import (
+    BENCH,
+    MIB,
+    QUANTS,
+    RERANK_DOC_LENGTHS,
+    ROOT,
+    ChildFailed,
+    build_models,
+    cpu_name,
+    head_rule,
+    kept_sections,
+    make_inputs,
+    peak_rss,
+    run_in_fresh_process,
+)
 
-from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text  # noqa: E402 - after the path set-up
+from qwen3_gguf.atomic import write_text_atomically
+from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
 
 SECTIONS = ("documents", "queries", "rerank", "wrapper", "cold", "curve", "policy")
-QUANTS = ("f16", "q8_0", "q4_k_m")
-DOC_LENGTHS = (64, 128, 256, 512, 1024, 2048)
-QUICK_DOC_LENGTHS = (64, 128, 256, 512)
-CURVE_LENGTHS = (128, 512, 2048, 8192)
-QUICK_CURVE_LENGTHS = (128, 512)
-N_QUERIES, QUICK_N_QUERIES = 32, 8
-N_RERANK_DOCS = 20
-RERANK_DOC_LENGTHS = (32, 256)  # passages, evenly spread over this range
 TRANSFORMERS_BATCH_SIZES = (1, 4, 16)
-WORDS = (
-    "the of and to in is was for on that with as by at from his her they be this which or had "
-    "not are but have it were all an their one has been its new more who also would after first "
-    "two time other into can when there some many only most city school during over used may "
-    "such years these world state people between both well under later known family while part "
-    "system river music life work water light model data search query energy history market "
-    "language network memory paper study process science number second early large small north "
-    "south national public group team played season album film series game local street house"
-).split()
-
-
-# --- inputs ----------------------------------------------------------------------------------
-
-
-def build_models(log) -> dict[str, Path]:
-    """The synthetic checkpoints and their GGUFs, built once and cached."""
-    from checkpoints import write_tokenizer_files
-    from convert_rss import build_checkpoint  # the 0.6B-shaped BF16 checkpoint writer
-
-    from qwen3_gguf.convert import convert_checkpoint
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    embedding_ckpt = CACHE / "embedding-0.6b-shaped"
-    if not (embedding_ckpt / "model.safetensors").is_file():
-        log("writing the 0.6B-shaped random checkpoint (1.1 GiB BF16)")
-    build_checkpoint(embedding_ckpt)
-    reranker_ckpt = CACHE / "reranker-0.6b-shaped"
-    if not (reranker_ckpt / "model.safetensors").exists():
-        reranker_ckpt.mkdir(exist_ok=True)
-        shutil.copy(embedding_ckpt / "config.json", reranker_ckpt / "config.json")
-        write_tokenizer_files(reranker_ckpt, "reranker")
-        try:
-            os.link(embedding_ckpt / "model.safetensors", reranker_ckpt / "model.safetensors")
-        except OSError:
-            shutil.copy(embedding_ckpt / "model.safetensors", reranker_ckpt / "model.safetensors")
-
-    paths = {"checkpoint": embedding_ckpt, "reranker_checkpoint": reranker_ckpt}
-    for outtype in ("f16", "q8_0"):
-        out = CACHE / f"embedding-0.6b-shaped-{outtype}.gguf"
-        if not out.is_file():
-            log(f"converting to {outtype}")
-            convert_checkpoint(embedding_ckpt, out, outtype=outtype, kind="embedding")
-        paths[outtype] = out
-    out = CACHE / "embedding-0.6b-shaped-q4_k_m.gguf"
-    made_by = out.with_suffix(".by")
-    if not out.is_file():
-        log("quantizing to q4_k_m")
-        made_by.write_text(quantize_q4_k_m(paths["f16"], out))
-    paths["q4_k_m"] = out
-    paths["q4_k_m_by"] = made_by.read_text() if made_by.is_file() else "unknown (cached file)"
-    out = CACHE / "reranker-0.6b-shaped-q8_0.gguf"
-    if not out.is_file():
-        log("converting the reranker to q8_0")
-        convert_checkpoint(reranker_ckpt, out, outtype="q8_0", kind="reranker")
-    paths["reranker"] = out
-    return paths
-
-
-def quantize_q4_k_m(source: Path, out: Path) -> str:
-    """Q4_K_M with this project's quantizer; llama_model_quantize's defaults if it is missing."""
-    try:
-        from qwen3_gguf.quantize import plan_quantization, quantize
-    except ImportError:
-        import llama_cpp
-
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
-        if status != 0:
-            raise RuntimeError(f"llama_model_quantize failed with status {status}") from None
-        return "llama_model_quantize (default parameters)"
-    quantize(plan_quantization(source, "q4_k_m"), out)
-    return "qwen3_gguf.quantize"
-
-
-class TextMaker:
-    """Deterministic English-like texts of a given token length (EOS included)."""
-
-    def __init__(self, gguf: Path, seed: int = 0):
-        import numpy as np
-
-        from qwen3_gguf import runtime
-
-        runtime.init_backend()
-        self._model = runtime.LlamaModel(gguf)
-        self._rng = np.random.default_rng(seed)
-
-    def n_tokens(self, text: str) -> int:
-        return len(self._model.tokenize(text, special=False)) + 1  # + <|endoftext|>
-
-    def text(self, target: int) -> str:
-        words = [str(w) for w in self._rng.choice(WORDS, size=target + 16)]
-        low, high = 1, len(words)
-        while low < high:  # the most words whose tokens (and EOS) fit in `target`
-            middle = (low + high + 1) // 2
-            if self.n_tokens(" ".join(words[:middle]).capitalize() + ".") <= target:
-                low = middle
-            else:
-                high = middle - 1
-        return " ".join(words[:low]).capitalize() + "."
-
-    def query(self) -> str:
-        n = int(self._rng.integers(4, 12))
-        return " ".join(str(w) for w in self._rng.choice(WORDS, size=n)) + "?"
-
-
-def make_inputs(paths: dict[str, Path], quick: bool) -> dict:
-    maker = TextMaker(paths["q8_0"])
-    doc_lengths = QUICK_DOC_LENGTHS if quick else DOC_LENGTHS
-    documents = [maker.text(n) for n in doc_lengths]
-    queries = [maker.query() for _ in range(QUICK_N_QUERIES if quick else N_QUERIES)]
-    prompts = [query_text(q, DEFAULT_INSTRUCTION) for q in queries]
-    low, high = RERANK_DOC_LENGTHS
-    n_rerank = 6 if quick else N_RERANK_DOCS
-    rerank_docs = [maker.text(low + (high - low) * i // max(1, n_rerank - 1)) for i in range(n_rerank)]
-    curve = {n: maker.text(n) for n in (QUICK_CURVE_LENGTHS if quick else CURVE_LENGTHS)}
-    return {
-        "documents": documents,
-        "document_tokens": [maker.n_tokens(d) for d in documents],
-        "queries": queries,
-        "query_tokens": [maker.n_tokens(p) for p in prompts],
-        "rerank_query": "which river flows through the city?",
-        "rerank_documents": rerank_docs,
-        "curve": {str(n): t for n, t in curve.items()},
-        "curve_tokens": {str(n): maker.n_tokens(t) for n, t in curve.items()},
-    }
 
 
 # --- children: one system each, in its own process -----------------------------------------
-
-
-def peak_rss() -> int:
-    status = Path("/proc/self/status")
-    if status.is_file():
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
 def timed_runs(call, runs: int) -> list[float]:
@@ -481,11 +347,10 @@ def run_child(spec: dict, log) -> dict:
     """Run one measurement in a fresh interpreter and return its JSON (plus peak RSS)."""
     log(f"  {spec['label']}")
     started = time.perf_counter()
-    child = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                           capture_output=True, text=True, cwd=ROOT)
-    if child.returncode != 0:
-        raise RuntimeError(f"{spec['label']} failed:\n{child.stderr[-3000:]}")
-    result = json.loads(child.stdout.strip().splitlines()[-1])
+    try:
+        result = run_in_fresh_process(__file__, spec)
+    except ChildFailed as failed:
+        raise RuntimeError(f"{spec['label']} failed:\n{failed.stderr[-3000:]}") from None
     result["label"] = spec["label"]
     result["wall_s"] = time.perf_counter() - started
     if "seconds" in result:
@@ -639,9 +504,6 @@ def section_policy(ctx: dict) -> dict:
 # --- report -----------------------------------------------------------------------------------
 
 
-MIB = 1 << 20
-
-
 def best_transformers(section: dict) -> dict:
     return max((r for r in section["rows"] if r["label"].startswith("transformers")), key=lambda r: r["tokens_per_s"])
 
@@ -778,19 +640,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def kept_sections(path: Path) -> str:
-    """The sections other scripts (peers.py, quant_types.py) keep in results.md between their
-    own <!-- name --> markers: rewriting the file keeps them."""
-    if not path.is_file():
-        return ""
-    blocks = re.finditer(r"<!-- ([\w-]+) -->\n.*?<!-- /\1 -->\n", path.read_text(), re.S)
-    return "".join("\n" + block.group(0) for block in blocks)
-
-
-def head_rule(head: str) -> str:
-    return "|" + "---|" * (head.count("|") - 1)
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -826,13 +675,7 @@ def main() -> None:
         with Embedder(paths["q8_0"], threads=1) as embedder:
             return [embedder.tokenize(t)[0] for t in texts]
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    meta = {"machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}", "threads": threads, "runs": runs,
+    meta = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "threads": threads, "runs": runs,
             "quick": args.quick, "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
             "q4_k_m_by": str(paths["q4_k_m_by"]), "argv": " ".join(sys.argv[1:])}
     # Sections accumulate: a run of some sections keeps the others from earlier runs with the same
@@ -853,8 +696,8 @@ def main() -> None:
             results[name]["measured"] = time.strftime("%Y-%m-%d %H:%M")
             report = {"meta": meta, **{k: results[k] for k in SECTIONS if k in results}}
             report["targets"] = [{"target": t, "measured": m, "value": v, "goal": g} for t, m, v, g in targets(report)]
-            results_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-            (BENCH / "results.md").write_text(markdown(report) + kept_sections(BENCH / "results.md"))
+            write_text_atomically(results_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            write_text_atomically(BENCH / "results.md", markdown(report) + kept_sections())
     print((BENCH / "results.md").read_text())
 
 

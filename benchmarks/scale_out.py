@@ -1,6 +1,6 @@
 """Scale-out: the Ray engine against in-process embed-files on one machine, same corpus, same model.
 
-The 0.6B-shaped Q8_0 GGUF (or --quant; built and cached by benchmarks/run.py) embeds one folder of
+The 0.6B-shaped Q8_0 GGUF (or --quant; benchmarks/common.py builds and caches it) embeds one folder of
 English-like text files three ways, alternating round by round in one process:
 
 - in-process: TextFiles → Chunker → embed_documents, what `embed-files` runs (2 threads);
@@ -33,23 +33,17 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from common import BENCH, CACHE, WORDS, build_models, cpu_name, log, write_section
 
-from run import CACHE, WORDS, build_models  # noqa: E402 - benchmarks/run.py builds and caches the models
+from qwen3_gguf.atomic import write_text_atomically
 
-RESULTS_MD = BENCH / "results.md"
 SECTION_TITLE = "## Scale-out: Ray Data on one machine"
 SYSTEMS = ("in-process embed-files", "Ray, 1 actor × 2 threads", "Ray, 2 actors × 1 thread")
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def model_file(quant: str) -> Path:
     cached = CACHE / f"embedding-0.6b-shaped-{quant}.gguf"
-    return cached if cached.is_file() else build_models(log)[quant]
+    return cached if cached.is_file() else build_models()[quant]
 
 
 def write_corpus(folder: Path, n_files: int, words_per_file: int) -> Path:
@@ -220,14 +214,6 @@ def quiet_tokens_per_core() -> float | None:
         return None
 
 
-def replace_section(text: str, section: str) -> str:
-    start = text.find(SECTION_TITLE)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    end = text.find("\n## ", start + len(SECTION_TITLE))
-    return text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quant", choices=("q8_0", "q4_k_m", "f16"), default="q8_0", help="the model (default q8_0)")
@@ -274,10 +260,8 @@ def main() -> None:
 
     first = runs[SYSTEMS[0]][0]
     assert all(r["tokens"] == first["tokens"] for rs in runs.values() for r in rs), "systems saw different tokens"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
     results = {
-        "meta": {"machine": f"{cpu}, {os.cpu_count()} cores", "quant": args.quant.upper(), "files": args.files,
+        "meta": {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "quant": args.quant.upper(), "files": args.files,
                  "chunks": first["chunks"],
                  "tokens": first["tokens"], "rounds": args.rounds, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "argv": " ".join(sys.argv[1:]), "ray_init_s": ray_init_s,
@@ -289,13 +273,13 @@ def main() -> None:
                            "memory": rs[-1]["memory"]} for name, rs in runs.items()},
         "sinks": sink_rates(read_model_file(model).embedding_length, args.sink_rows, max(1, args.rounds)),
     }
-    (BENCH / "scale_out.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomically(BENCH / "scale_out.json", json.dumps(results, indent=2) + "\n")
     write_report(results)
 
 
 def write_report(results: dict) -> None:
     section = markdown(results)
-    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), section))
+    write_section("scale-out", section)
     print(section)
 
 

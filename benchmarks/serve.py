@@ -1,6 +1,6 @@
 """`qwen3-gguf serve` under concurrent load, against llama.cpp's llama-server on the same GGUF.
 
-The 0.6B-shaped random-weight checkpoint at Q8_0 (built and cached by benchmarks/run.py), and
+The 0.6B-shaped random-weight checkpoint at Q8_0 (built and cached by benchmarks/common.py), and
 its reranker twin. A closed-loop load generator: C concurrent clients share a bounded list of
 requests, each sending the next one when its answer arrives. Scenarios:
 
@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -41,18 +40,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from common import BENCH, CACHE, ROOT, TextMaker, build_models, write_section
+from server_harness import free_port  # tests/server_harness.py (common.py puts tests/ on the path)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(ROOT / "tests"))
+from qwen3_gguf.atomic import write_text_atomically
+from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text
 
-import run  # noqa: E402 - benchmarks/run.py: the cached models and the text maker
-from server_harness import free_port  # noqa: E402
-
-from qwen3_gguf.prompts import DEFAULT_INSTRUCTION, query_text  # noqa: E402
-
-LLAMA_SERVER = BENCH / ".cache" / "llama-server" / "bin" / "llama-server"
+LLAMA_SERVER = CACHE / "llama-server" / "bin" / "llama-server"
 # --no-repack: no extra weight buffers (AMX on this VM raises SIGILL on Q8_0 weights; the
 # qwen3-gguf engine must run without them too there).
 LLAMA_SERVER_ARGS = ["--embedding", "--pooling", "last", "-np", "4", "-c", "8192", "-t", "2", "--no-repack"]
@@ -66,7 +60,7 @@ OURS = "qwen3-gguf serve"
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def make_requests(maker: run.TextMaker, scenario: str, n: int) -> list[dict]:
+def make_requests(maker: TextMaker, scenario: str, n: int) -> list[dict]:
     """n request specs: the texts, their token counts and the bodies each system is sent."""
     requests = []
     for _ in range(n):
@@ -90,11 +84,11 @@ def make_requests(maker: run.TextMaker, scenario: str, n: int) -> list[dict]:
 
 
 def models(outtype: str) -> dict[str, Path]:
-    """The 0.6B-shaped embedding and reranker GGUFs at `outtype`, built once (benchmarks/run.py's cache)."""
+    """The 0.6B-shaped embedding and reranker GGUFs at `outtype`, built once (benchmarks/common.py's cache)."""
     from qwen3_gguf.convert import convert_checkpoint
 
-    built = run.build_models(lambda message: print(message, file=sys.stderr))
-    reranker = run.CACHE / f"reranker-0.6b-shaped-{outtype}.gguf"
+    built = build_models()
+    reranker = CACHE / f"reranker-0.6b-shaped-{outtype}.gguf"
     if not reranker.is_file():
         convert_checkpoint(built["reranker_checkpoint"], reranker, outtype=outtype, kind="reranker")
     return {"embedding": built[outtype], "reranker": reranker}
@@ -109,7 +103,7 @@ class Server:
     def __init__(self, name: str, command: list[str], port: int):
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(BENCH / ".cache" / f"serve-bench-{name.replace(' ', '_')}.log", "w")  # noqa: SIM115
+        self.log = open(CACHE / f"serve-bench-{name.replace(' ', '_')}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 300
         while True:
@@ -306,13 +300,8 @@ def targets(report: dict) -> list[dict]:
 
 def save(report: dict) -> None:
     report["targets"] = targets(report)
-    (BENCH / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
-    section = f"<!-- serve -->\n{markdown(report)}<!-- /serve -->\n"
-    results = BENCH / "results.md"
-    text = results.read_text() if results.is_file() else ""
-    pattern = re.compile(r"<!-- serve -->\n.*?<!-- /serve -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    results.write_text(text)
+    write_text_atomically(BENCH / "serve.json", json.dumps(report, indent=2) + "\n")
+    write_section("serve", markdown(report))
 
 
 def main() -> None:
@@ -332,7 +321,7 @@ def main() -> None:
     with_llama_server = not args.no_llama_server and LLAMA_SERVER.is_file()
 
     paths = models(args.outtype)
-    maker = run.TextMaker(paths["embedding"])
+    maker = TextMaker(paths["embedding"])
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),

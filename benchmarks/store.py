@@ -26,19 +26,17 @@ import functools
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import BENCH, ROOT, write_section
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from qwen3_gguf.files.store import Collection  # noqa: E402
-from qwen3_gguf.files.vectors import matrix_path  # noqa: E402
+from qwen3_gguf.atomic import write_text_atomically
+from qwen3_gguf.files.store import Collection
+from qwen3_gguf.files.vectors import matrix_path
 
 CHUNKS_PER_FILE = 10
 TEXT_CHARS = 1500
@@ -58,7 +56,7 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=ROOT / ".bench-store", help="where collections are built")
     parser.add_argument("--keep", action="store_true", help="keep the collections built")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "store.json")
+    parser.add_argument("--json", type=Path, default=BENCH / "store.json")
     parser.add_argument("--report", action="store_true", help="only rewrite results.md's section from --json")
     parser.add_argument("--measure", nargs=2, metavar=("DB", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,8 +275,6 @@ def table(rows: list[dict]) -> str:
 
 
 def write_json(path: Path, rows: list[dict]) -> None:
-    from qwen3_gguf.atomic import write_text_atomically
-
     ram_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {ram_gib} GiB RAM"
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -287,11 +283,8 @@ def write_json(path: Path, rows: list[dict]) -> None:
 
 
 def write_results_section(report: dict) -> None:
-    """The "Store" section of results.md, between its <!-- store --> markers (other sections kept)."""
-    from qwen3_gguf.atomic import write_text_atomically
-
+    """The "Store" section of results.md."""
     section = "\n".join([
-        "<!-- store -->",
         "## Store: exact search over synthetic collections (benchmarks/store.py)",
         "",
         f"{report['machine']}; measured {report['measured']}, on a machine shared with other work (the load "
@@ -306,14 +299,8 @@ def write_results_section(report: dict) -> None:
         "10 chunks, including the update of the vector files (a delta file beside the matrix).",
         "",
         table(report["rows"]),
-        "<!-- /store -->",
-        "",
     ])
-    path = ROOT / "benchmarks" / "results.md"
-    text = path.read_text() if path.is_file() else ""
-    pattern = re.compile(r"<!-- store -->\n.*?<!-- /store -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    write_text_atomically(path, text)
+    write_section("store", section)
 
 
 if __name__ == "__main__":
