@@ -105,6 +105,7 @@ def raw_loop(spec: dict):
 
     from qwen3_gguf.runtime import FA_TILE_ROWS, GGMLTensor, split_pieces
     from qwen3_gguf.runtime.batching import MIN_PIECE_TOKENS, SMALLEST_CONTEXT
+    from qwen3_gguf.runtime.precision import numerics_for
 
     llama.llama_log_set(_SILENT_LOG(), ctypes.c_void_p())
     llama.llama_backend_init()
@@ -112,6 +113,10 @@ def raw_loop(spec: dict):
     params.n_gpu_layers = 0
     model = llama.llama_model_load_from_file(spec["model"].encode(), params)
     n_embd = llama.llama_model_n_embd(model)
+    file_type = ctypes.create_string_buffer(32)
+    llama.llama_model_meta_val_str(model, b"general.file_type", file_type, len(file_type))
+    numerics = numerics_for(int(file_type.value) if file_type.value else None)  # the engine's KV type and flash attn
+    min_rows = FA_TILE_ROWS if numerics.flash_attn else 1
     skip_lm_head = spec["skip_lm_head"]
     hidden = np.empty(n_embd, dtype=np.float32)
     state = {"output": False, "n_ctx": 0, "ctx": None}
@@ -138,7 +143,9 @@ def raw_loop(spec: dict):
             p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, MIN_PIECE_TOKENS, MIN_PIECE_TOKENS, 2
             p.n_threads = p.n_threads_batch = spec["threads"]
             p.pooling_type, p.kv_unified = llama.LLAMA_POOLING_TYPE_LAST, True
-            p.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            p.type_k = p.type_v = numerics.kv_type
+            p.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if numerics.flash_attn
+                                 else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
             p.embeddings = not skip_lm_head  # as the engine: outputs only where it pools
             if skip_lm_head:
                 p.cb_eval = stop_after_hidden
@@ -152,7 +159,7 @@ def raw_loop(spec: dict):
         for tokens in items:
             ctx = context_for(len(tokens))
             llama.llama_memory_clear(llama.llama_get_memory(ctx), False)
-            for start, end in split_pieces(len(tokens), MIN_PIECE_TOKENS, FA_TILE_ROWS):
+            for start, end in split_pieces(len(tokens), MIN_PIECE_TOKENS, min_rows):
                 batch.n_tokens = end - start
                 for i, token in enumerate(tokens[start:end]):
                     batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
