@@ -88,16 +88,19 @@ def test_an_exact_identifier_is_first_in_hybrid_even_when_the_vectors_rank_it_lo
     hybrid = collection.search("repack_overrides", k=3)
     assert hybrid[0].path == target
     assert (hybrid[0].keyword_rank, hybrid[0].vector_rank) == (1, by_vector.index(target) + 1)
-    assert hybrid[0].fused == pytest.approx(1 / 61 + 1 / (61 + by_vector.index(target)))
+    assert hybrid[0].fused == pytest.approx(1.1 / 61 + 1 / (61 + by_vector.index(target)))
     keyword = collection.search("repack_overrides", k=3, mode="keyword")
     assert [hit.path for hit in keyword] == [target] and keyword[0].cosine is None
 
 
 def test_a_stored_passage_as_query_stays_in_the_hybrid_top_k(tmp_path, embedder_64):
     passage = "copper lantern beside the harbor"
-    # Four files repeat the passage's words four times each, so BM25 ranks the passage itself fifth;
+    # Four files open with the passage's words eight times over, so BM25 ranks the passage itself
+    # fifth, and go on about something else (the vectors, pooled at the last token, rank them apart);
     # the rest of the notes share no word with it.
-    repeats = ["copper lantern beside the harbor, " * 4 + word for word in ("river", "stone", "cloud", "meadow")]
+    repeats = ["copper lantern beside the harbor, " * 8 + ending for ending in
+               ("Rivers carry silt to the sea.", "Stones are weathered by frost.", "Clouds are made of droplets.",
+                "Meadows bloom in spring.")]
     unrelated = ["Bananas are rich in potassium.", "Rust has a borrow checker.", "Whales are mammals.",
                  "Tea is brewed from leaves.", "Volcanoes erupt lava.", "GGUF files store tensors.",
                  "Quantization shrinks model weights.", "Penguins cannot fly.", "Jupiter is a gas giant.",
@@ -264,7 +267,7 @@ def test_fuse_is_reciprocal_rank_fusion_with_weights():
     assert fused.scores.tolist() == pytest.approx([expected[i] for i in fused.ids.tolist()])
     ranks = dict(zip(fused.ids.tolist(), zip(fused.keyword_ranks.tolist(), fused.vector_ranks.tolist())))
     assert ranks == {7: (1, 0), 3: (2, 1), 5: (3, 0), 9: (0, 2)}
-    tie = fuse(np.array([4]), np.array([2]))          # equal scores: the older chunk first
+    tie = fuse(np.array([4]), np.array([2]), Fusion(keyword_weight=1.0))    # equal scores: the older chunk first
     assert tie.ids.tolist() == [2, 4] and tie.scores[0] == tie.scores[1]
 
 

@@ -5,9 +5,12 @@ over the lists, so a chunk near the top of either list rises, and one in both ri
 ranks count, never the scores, which is why BM25 and cosine need no common scale. Ties go to the
 better rank in any list, then to the older chunk.
 
-The defaults (k, weights) come from benchmarks/fusion.py: on the test models and a small corpus of
-identifier queries (which keywords answer) and passage queries (which vectors answer), the mean
-reciprocal rank of the wanted chunk over a grid of k and keyword weights.
+The defaults come from benchmarks/fusion.py (the test model, this project's source as the corpus,
+60 identifier queries that keywords answer and 60 stored passages that vectors answer; mean
+reciprocal rank of the right chunk in the top 10). k moved nothing between 5 and 100, so it is
+the usual 60. The keyword weight did: at 1.0 identifier MRR was 0.851, because a keyword-only
+first hit ties with a vector-only first hit; from 1.1 on it was 0.963 (keywords alone: 0.963),
+passages 1.000 throughout. 1.1 is the smallest weight that breaks those ties towards the exact word.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class Fusion:
     """How the two rankings are fused: the RRF constant k and each list's weight."""
 
     k: float = DEFAULT_RRF_K
-    keyword_weight: float = 1.0
+    keyword_weight: float = 1.1
     vector_weight: float = 1.0
 
     def __post_init__(self):
