@@ -9,6 +9,10 @@ text per chunk, 10 chunks per file) and measures, in fresh processes:
   (posix_fadvise DONTNEED), p50/p99 over a few runs;
 - exactness: every measured query's top 10 against a float64 brute-force scan of the vectors
   read from SQLite (the source of truth);
+- keyword and hybrid: p50/p99 of `Collection.search(mode="keyword")` and of hybrid search (the
+  query text with its vector given) over two query sets: a rare term (one chunk's name) and common
+  words (in nearly every chunk: BM25 must score them all);
+- the FTS5 index's size, and `Collection.add` throughput with and without the keyword index;
 - the old path for reference (every row's vector read out of SQLite per query, as release 1 did);
 - RSS (current and peak) of the searching process, and the size of the files on disk.
 
@@ -42,6 +46,7 @@ CHUNKS_PER_FILE = 10
 TEXT_CHARS = 1500
 BUILD_BATCH = 20_000
 TOP_K = 10
+ADD_THROUGHPUT_ROWS = 20_000   # chunks added when indexing throughput is compared with and without FTS
 WORDS = ("the of and to in is that for it as with was on be by this are from at or an have not which but "
          "model vector search index chunk query file embedding weight tensor layer token quant cache").split()
 
@@ -102,6 +107,9 @@ def run_one(args, size: int, dim: int) -> dict:
            "vectors_bytes": matrix_path(db).stat().st_size}
     warm = child(db, "warm", args.queries)
     row.update(warm)
+    row.update(child(db, "keyword", args.queries))
+    row["fts_bytes"] = fts_bytes(db)
+    row.update(add_throughput(args.dir, dim, min(size, ADD_THROUGHPUT_ROWS)))
     colds = [child(db, "cold", 1) for _ in range(args.cold_runs)]
     cold_first = [c["first_query_ms"] for c in colds]
     row["cold_first_query_ms_p50"] = round(float(np.percentile(cold_first, 50)), 1)
@@ -127,7 +135,7 @@ def records(size: int, dim: int, first_file: int = 0):
     for start in range(0, size, BUILD_BATCH):
         vectors = batch_vectors(first_file + start // BUILD_BATCH, min(BUILD_BATCH, size - start), dim)
         for i, vector in enumerate(vectors, start):
-            text = texts[i % len(texts)]
+            text = f"{texts[i % len(texts)]} chunk-{i}"      # a rare term: one chunk's name
             yield {"path": f"/synthetic/file{first_file + i // CHUNKS_PER_FILE:07d}.txt",
                    "chunk": i % CHUNKS_PER_FILE, "start": 0, "end": len(text), "text": text, "vector": vector}
 
@@ -178,6 +186,8 @@ def evict(db: Path) -> None:
 def measure(db: Path, mode: str, n_queries: int) -> dict:
     if mode == "sqlite-scan":
         return {"sqlite_scan_ms": round(sqlite_scan(db, n_queries), 1)}
+    if mode == "keyword":
+        return keyword_and_hybrid(db, n_queries)
     started = time.perf_counter()
     collection = Collection(db, create=False)
     dim = collection.dim
@@ -199,6 +209,58 @@ def measure(db: Path, mode: str, n_queries: int) -> dict:
     checked = min(len(query_set), 5)
     result["exact_top10"] = found[:checked] == brute_force(db, query_set[:checked])
     assert first and found
+    return result
+
+
+def keyword_and_hybrid(db: Path, n_queries: int) -> dict:
+    """Warm p50/p99 of keyword and hybrid searches, for rare-term and common-word queries."""
+    collection = Collection(db, create=False)
+    chunks = len(collection)
+    rng = np.random.default_rng(7)
+    texts = {"rare": [f"chunk-{i}" for i in rng.integers(0, chunks, n_queries)],
+             "common": [" ".join(rng.choice(WORDS[-16:], 2, replace=False)) for _ in range(n_queries)]}
+    vectors = queries(n_queries, collection.dim)
+    result = {}
+    for kind, query_texts in texts.items():
+        for mode in ("keyword", "hybrid"):
+            latencies = []
+            for text, vector in zip(query_texts, vectors):
+                started = time.perf_counter()
+                hits = collection.search(text, vector=vector if mode == "hybrid" else None, k=TOP_K, mode=mode)
+                latencies.append(1000 * (time.perf_counter() - started))
+                assert hits
+            result[f"{mode}_{kind}_ms_p50"] = round(float(np.percentile(latencies, 50)), 2)
+            result[f"{mode}_{kind}_ms_p99"] = round(float(np.percentile(latencies, 99)), 2)
+    return result
+
+
+def fts_bytes(db: Path) -> int:
+    """The bytes of the keyword index's tables (SQLite's dbstat)."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    return connection.execute("SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'chunks_fts%'").fetchone()[0]
+
+
+def add_throughput(folder: Path, dim: int, rows: int) -> dict:
+    """Chunks stored per second by `Collection.add`, with the keyword index and without it (its triggers
+    dropped: what indexing cost before the index existed)."""
+    result = {}
+    for with_fts in (True, False):
+        db = folder / f"throughput-{with_fts}.db"
+        for stale in db.parent.glob(db.name + "*"):
+            stale.unlink()
+        with Collection(db) as collection:
+            collection.add(records(CHUNKS_PER_FILE, dim), model=f"synthetic-{dim}")
+            if not with_fts:
+                for trigger in ("chunk_text_added", "chunk_text_removed", "chunk_text_changed"):
+                    collection._db.execute(f"DROP TRIGGER {trigger}")
+            started = time.perf_counter()
+            collection.add(records(rows, dim, first_file=1), model=f"synthetic-{dim}")
+            result[f"add_rows_per_s_{'with' if with_fts else 'without'}_fts"] = round(
+                rows / (time.perf_counter() - started))
+        for path in db.parent.glob(db.name + "*"):
+            path.unlink()
     return result
 
 
@@ -252,6 +314,12 @@ COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "
            ("cold_first_query_ms_p99", "cold p99 ms", "{:.0f}"), ("first_query_ms", "open+query (warm) ms", "{:.0f}"),
            ("first_query_after_matrix_file_lost_ms", "rebuild+query ms", "{:.0f}"),
            ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
+           ("keyword_rare_ms_p50", "keyword rare p50 ms", "{:.1f}"), ("keyword_rare_ms_p99", "p99", "{:.1f}"),
+           ("keyword_common_ms_p50", "keyword common p50 ms", "{:.1f}"), ("keyword_common_ms_p99", "p99", "{:.1f}"),
+           ("hybrid_rare_ms_p50", "hybrid rare p50 ms", "{:.1f}"), ("hybrid_rare_ms_p99", "p99", "{:.1f}"),
+           ("hybrid_common_ms_p50", "hybrid common p50 ms", "{:.1f}"), ("hybrid_common_ms_p99", "p99", "{:.1f}"),
+           ("fts_bytes", "FTS GiB", "{:.2f}"), ("add_rows_per_s_with_fts", "add rows/s", "{:,}"),
+           ("add_rows_per_s_without_fts", "add rows/s no FTS", "{:,}"),
            ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
            ("add_one_file_s", "add 1 file s", "{:.1f}"), ("build_s", "build s", "{:.0f}"),
            ("load_average", "load avg", "{:.1f}")]
@@ -296,7 +364,10 @@ def write_results_section(report: dict) -> None:
         "the first query after the matrix file was deleted (rebuilt from SQLite). Release-1 scan: the "
         "previous release's search (every vector read out of SQLite per query). Exact: the top 10 of 5 "
         "queries equal a float64 brute-force scan of the vectors in SQLite. Add 1 file: `Collection.add` of "
-        "10 chunks, including the update of the vector files (a delta file beside the matrix).",
+        "10 chunks, including the update of the vector files (a delta file beside the matrix). Keyword and "
+        "hybrid: p50/p99 over the warm queries of a rare term (one chunk's name) and of two common words (in "
+        "nearly every chunk); FTS: the keyword index's size; add rows/s: `Collection.add` of up to 20,000 chunks "
+        "with the keyword index and with its triggers dropped.",
         "",
         table(report["rows"]),
     ])

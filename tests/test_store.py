@@ -17,6 +17,8 @@ from qwen3_gguf.files.store import Collection
 TOPICS = ["GGUF files store tensors and metadata.", "Bananas are rich in potassium.",
           "The Eiffel Tower is in Paris.", "Rust has a borrow checker.", "Whales are mammals.",
           "Quantization shrinks model weights.", "Tea is brewed from leaves.", "Volcanoes erupt lava."]
+JSON_FIELDS = {"path", "chunk", "start", "end", "score", "cosine", "bm25", "keyword_rank", "vector_rank", "fused",
+               "text"}
 
 
 def run(*args, input=None):
@@ -133,7 +135,7 @@ def test_search_finds_the_planted_document_first(corpus, tmp_path, embedder_64):
     with Collection(tmp_path / "v.db", embedder=embedder_64) as collection:
         collection.index([str(corpus)])
         for i, text in enumerate(TOPICS):
-            best = collection.search(text, k=3, use_instruction=False)[0]
+            best = collection.search(text, k=3, use_instruction=False, mode="vector")[0]
             assert best.path.endswith(f"topic{i}.txt") and best.text == text
             assert best.score == pytest.approx(1.0, abs=1e-5)
 
@@ -141,7 +143,7 @@ def test_search_finds_the_planted_document_first(corpus, tmp_path, embedder_64):
 def test_search_with_the_instruction_ranks_by_cosine(corpus, tmp_path, embedder_64):
     with Collection(tmp_path / "v.db", embedder=embedder_64, instruction="Find facts") as collection:
         collection.index([str(corpus)])
-        hits = collection.search("Where is the tower?", k=5)
+        hits = collection.search("Where is the tower?", k=5, mode="vector")
     query = embedder_64.encode("Where is the tower?", instruction="Find facts")
     cosines = embedder_64.encode(TOPICS) @ query
     assert [h.text for h in hits] == [TOPICS[i] for i in np.argsort(-cosines)[:5]]
@@ -151,8 +153,8 @@ def test_search_with_the_instruction_ranks_by_cosine(corpus, tmp_path, embedder_
 def test_rerank_reorders_the_cosine_candidates(corpus, tmp_path, embedder_64, reranker_tied):
     with Collection(tmp_path / "v.db", embedder=embedder_64) as collection:
         collection.index([str(corpus)])
-        candidates = collection.search("Is tea a drink?", k=4)
-        hits = collection.search("Is tea a drink?", k=3, reranker=reranker_tied, rerank_top=4)
+        candidates = collection.search("Is tea a drink?", k=4, mode="vector")
+        hits = collection.search("Is tea a drink?", k=3, reranker=reranker_tied, rerank_top=4, mode="vector")
     expected = reranker_tied.rank("Is tea a drink?", [c.text for c in candidates], top_k=3,
                                   instruction=collection.instruction)
     assert [h.text for h in hits] == [e.text for e in expected]
@@ -179,7 +181,7 @@ def test_cli_index_and_search(corpus, tmp_path, embedding_gguf_64, reranker_tied
     again = run("index", corpus, "--db", db)            # the collection remembers its model
     assert again.exit_code == 0, again.output
     assert again.stderr.startswith("indexed 0 new or changed files (0 chunks, 0 tokens)")
-    found = run("search", TOPICS[5], "--db", db, "-k", 2, "--no-instruction")
+    found = run("search", TOPICS[5], "--db", db, "-k", 2, "--no-instruction", "--mode", "vector")
     assert found.exit_code == 0, found.output
     lines = found.stdout.splitlines()
     assert len(lines) == 2 and lines[0].split()[:3] == ["1", "1.0000", f"{corpus / 'sub' / 'topic5.txt'}#0"]
@@ -187,7 +189,7 @@ def test_cli_index_and_search(corpus, tmp_path, embedding_gguf_64, reranker_tied
     assert reranked.exit_code == 0, reranked.output
     records = [json.loads(line) for line in reranked.stdout.splitlines()]
     assert len(records) == 3 and records[0]["score"] >= records[1]["score"] >= records[2]["score"]
-    assert {"path", "chunk", "start", "end", "score", "cosine", "text"} == set(records[0])
+    assert set(records[0]) == JSON_FIELDS
 
 
 def test_cli_store_errors(corpus, tmp_path, embedding_gguf_64):
@@ -214,13 +216,14 @@ def test_cli_import_of_embed_files_output_then_filtered_search(corpus, tmp_path,
                                f"{db} holds 8 files, 8 chunks\n")
     again = run("index", corpus, "--db", db)                 # the imported files count as indexed
     assert again.exit_code == 0 and again.stderr.startswith("indexed 0 new or changed files"), again.output
-    found = run("search", TOPICS[5], "--db", db, "-k", 8, "--no-instruction", "--path-glob", "sub/*", "--json")
+    found = run("search", TOPICS[5], "--db", db, "-k", 8, "--no-instruction", "--path-glob", "sub/*", "--json",
+                "--mode", "vector")
     assert found.exit_code == 0, found.output
     hits = [json.loads(line) for line in found.stdout.splitlines()]
     assert len(hits) == 4 and all("/sub/" in h["path"] for h in hits)
     assert hits[0]["text"] == TOPICS[5] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert {"path", "chunk", "start", "end", "score", "cosine", "text"} == set(hits[0])
-    best = run("search", TOPICS[5], "--db", db, "--no-instruction", "--min-score", 0.999)
+    assert set(hits[0]) == JSON_FIELDS
+    best = run("search", TOPICS[5], "--db", db, "--no-instruction", "--min-score", 0.999, "--mode", "vector")
     assert best.exit_code == 0 and len(best.stdout.splitlines()) == 1, best.output
     other = run("index", "--import", records, "--db", db, "-m", embedding_gguf_256)
     assert other.exit_code == 2

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from qwen3_gguf.files.keywords import index_matches_chunks
 from qwen3_gguf.files.store import Collection
 from qwen3_gguf.files.vectors import VectorFile, brute_force, delta_path, matrix_path
 
@@ -114,6 +115,7 @@ def assert_consistent(db, reference: dict[str, list[tuple]]) -> None:
     """Integrity, every stored file complete, the matrix file agreeing with the table, search exact."""
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert index_matches_chunks(connection)      # the keyword index holds exactly the chunks' text
         rows = dict(connection.execute("SELECT id, vector FROM chunks"))
         (instance,) = connection.execute("SELECT value FROM collection WHERE key = 'instance'").fetchone()
     for path, chunks in chunks_by_path(db).items():
@@ -167,6 +169,7 @@ def test_kill_9_at_several_points_then_the_next_run_embeds_only_what_is_missing(
     killed.kill()
     killed.wait(DEADLINE_S)
     assert chunks_by_path(db) == before
+    assert_consistent(db, reference)
     code, stderr = finish(start_index(db, corpus, embedding_gguf_64))
     assert code == 0 and embedded_files(stderr) == 1, stderr
     assert [chunk[3] for chunk in chunks_by_path(db)[str(corpus / "doc03.txt")]] == ["Document 3, changed."]

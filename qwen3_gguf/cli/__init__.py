@@ -15,7 +15,7 @@ from .mcp import mcp
 from .models import models
 from .quantize import imatrix, quantize, sweep
 from .serve import serve
-from .store import index, list_collections, search
+from .store import get, index, list_collections, search
 
 
 @click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +28,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj.verbose = verbose
 
 
-for command in (convert, info, embed, embed_files, rerank, models, index, search, list_collections, mcp, imatrix,
+for command in (convert, info, embed, embed_files, rerank, models, index, search, get, list_collections, mcp, imatrix,
                 quantize, sweep, bench):
     cli.add_command(command)
 cli.add_command(serve)

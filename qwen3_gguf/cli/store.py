@@ -1,5 +1,5 @@
-"""`qwen3-gguf index`, `qwen3-gguf search` and `qwen3-gguf collections`: an incremental SQLite collection of file
-chunks."""
+"""`qwen3-gguf index`, `search`, `get` and `collections`: an incremental SQLite collection of file chunks,
+searched by keywords and meaning and read back."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..files.fusion import DEFAULT_FUSION
 from ..files.walk import DEFAULT_CHUNK_TOKENS
 from ._common import AppState, display_path, model_option, one_line, rate, runtime_options, token_progress
 
@@ -106,28 +107,49 @@ def _watch(collection, paths, db: Path, **index_options) -> None:
     click.echo(f"stopped watching after {batches} batches", err=True)
 
 
+MODES = ("hybrid", "vector", "keyword")
+
+
 @click.command()
 @click.argument("query")
 @click.option("--db", help="The SQLite collection, anywhere (instead of a named one), or lance://PATH for a "
                            "LanceDB table of embed-files --engine ray.")
 @collection_option
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--mode", type=click.Choice(MODES), help="hybrid: keyword and vector rankings fused (the default); "
+              "vector: by cosine, exact; keyword: by BM25 over the chunk text, no model loaded. "
+              "A lance:// table has vector search only.")
+@click.option("--rrf-k", type=click.FloatRange(min=0), default=DEFAULT_FUSION.k, show_default=True,
+              help="Hybrid: the reciprocal rank fusion constant (a larger k flattens the ranks' weights).")
+@click.option("--keyword-weight", type=click.FloatRange(min=0), default=DEFAULT_FUSION.keyword_weight,
+              show_default=True, help="Hybrid: the weight of the keyword (BM25) ranking.")
+@click.option("--vector-weight", type=click.FloatRange(min=0), default=DEFAULT_FUSION.vector_weight,
+              show_default=True, help="Hybrid: the weight of the vector (cosine) ranking.")
 @model_option(help="Embedding GGUF or catalog name [default: the collection's model].")
 @click.option("--rerank-model", help="Rerank the best candidates with this reranker (GGUF or catalog name).")
 @click.option("--rerank-top", type=click.IntRange(min=1), default=50, show_default=True,
-              help="How many cosine candidates the reranker scores.")
+              help="How many of the best candidates the reranker scores.")
 @click.option("--no-instruction", is_flag=True, help="Embed the query as plain text, like the documents "
                                                      "(find passages similar to a passage).")
 @click.option("--path-glob", metavar="PATTERN", help="Only chunks of files whose path matches PATTERN, e.g. "
               "'*.md' or 'notes/*' (a pattern not starting with / or * matches at any folder depth).")
-@click.option("--min-score", type=float, help="Drop hits scoring below this (the cosine, or P(yes) when reranked).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--min-score", type=float, help="Drop hits scoring below this (the score printed: fused, cosine, "
+              "BM25, or P(yes) when reranked).")
+@click.option("--files", "files_only", is_flag=True,
+              help="Print each matching file once, in the order of its best hit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines (with each hit's BM25 and vector ranks "
+                                                      "and fused score).")
 @runtime_options
 @click.pass_obj
-def search(obj: AppState, query, db, name, k, model, rerank_model, rerank_top, no_instruction, path_glob, min_score,
-           as_json, device, threads):
-    """Find the chunks of a collection closest to QUERY, best first."""
+def search(obj: AppState, query, db, name, k, mode, rrf_k, keyword_weight, vector_weight, model, rerank_model,
+           rerank_top, no_instruction, path_glob, min_score, files_only, as_json, device, threads):
+    """Find the chunks of a collection that answer QUERY best, best first.
+
+    QUERY is searched as plain text in every mode: quotes, -, *, : and parentheses are not an
+    operator language. Print a hit's whole file or chunk with: qwen3-gguf get PATH[#CHUNK].
+    """
     from ..files import collections
+    from ..files.fusion import Fusion
     from ..files.store import Collection
 
     if not query.strip():
@@ -135,10 +157,14 @@ def search(obj: AppState, query, db, name, k, model, rerank_model, rerank_top, n
     if db is not None and db.startswith("lance://"):
         from ..distributed.lance import LanceCollection
 
+        if mode not in (None, "vector"):
+            raise UserError(f"--mode {mode}: a lance:// table has vector search only")
         opened = LanceCollection(db, model=model, device=device, threads=threads, verbose=obj.verbose)
+        options = {}
     else:
         opened = Collection(collections.resolve(db, name, must_exist=True), model=model, create=False,
                             device=device, threads=threads, verbose=obj.verbose)
+        options = {"mode": mode or "hybrid", "fusion": Fusion(rrf_k, keyword_weight, vector_weight)}
     with opened as collection:
         reranker = None
         if rerank_model:
@@ -146,14 +172,51 @@ def search(obj: AppState, query, db, name, k, model, rerank_model, rerank_top, n
 
             reranker = Reranker(rerank_model, device=device, threads=threads, verbose=obj.verbose)
         hits = collection.search(query, k=k, use_instruction=not no_instruction, reranker=reranker,
-                                 rerank_top=rerank_top, path_glob=path_glob, min_score=min_score)
+                                 rerank_top=rerank_top, path_glob=path_glob, min_score=min_score, **options)
+    if files_only:
+        best = {}
+        for hit in hits:
+            best.setdefault(hit.path, hit)
+        for path, hit in best.items():
+            click.echo(json.dumps({"path": path, "score": hit.score}) if as_json else display_path(path))
+        return
     if as_json:
         for hit in hits:
             click.echo(json.dumps({"path": hit.path, "chunk": hit.chunk, "start": hit.start, "end": hit.end,
-                                   "score": hit.score, "cosine": hit.cosine, "text": hit.text}, ensure_ascii=False))
+                                   "score": hit.score, "cosine": hit.cosine, "bm25": hit.bm25,
+                                   "keyword_rank": hit.keyword_rank, "vector_rank": hit.vector_rank,
+                                   "fused": hit.fused, "text": hit.text}, ensure_ascii=False))
         return
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.score:.4f}  {display_path(hit.path)}#{hit.chunk}  {one_line(hit.text, 70)}")
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--db", help="The SQLite collection, anywhere (instead of a named one).")
+@collection_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: path, chunk (null for a whole file), "
+                                                      "start, end, text.")
+def get(names, db, name, as_json):
+    """Print stored text of a collection: a file by PATH, a chunk by PATH#CHUNK (as search prints
+    hits), or every file matching a glob ('notes/*.md').
+
+    Each passage is headed by a line `==> PATH[#CHUNK] [START:END] <==` (character offsets into
+    the file); --json prints one JSON line per passage instead.
+    """
+    from ..files import collections
+    from ..files.store import Collection
+
+    with Collection(collections.resolve(db, name, must_exist=True), create=False) as collection:
+        passages = [passage for name in names for passage in collection.get(name)]
+    for passage in passages:
+        if as_json:
+            click.echo(json.dumps({"path": passage.path, "chunk": passage.chunk, "start": passage.start,
+                                   "end": passage.end, "text": passage.text}, ensure_ascii=False))
+            continue
+        chunk = "" if passage.chunk is None else f"#{passage.chunk}"
+        click.echo(f"==> {display_path(passage.path)}{chunk} [{passage.start}:{passage.end}] <==")
+        click.echo(passage.text, nl=not passage.text.endswith("\n"))
 
 
 @click.command("collections")

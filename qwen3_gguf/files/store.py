@@ -2,14 +2,20 @@
 
     collection = Collection("vectors.db", model="qwen3-embedding-0.6b")
     collection.index(["docs"])                      # embeds new and changed files only
-    for hit in collection.search("how do I quantize?", k=5):
-        print(hit.path, hit.chunk, hit.score)
+    for hit in collection.search("how do I quantize?", k=5):     # hybrid: keywords and vectors fused
+        print(hit.id, hit.score)
+    print(collection.get(hit.id)[0].text)
 
 The database is the source of truth. Tables: `documents` (path, mtime, size, content hash),
-`chunks` (text, character offsets, float32 vector), `collection` (the model, quant, dim and query
-instruction the vectors were made with; a different model or dim is refused) and `generation` (a
-counter that triggers raise on every change to `chunks`). Its schema version is PRAGMA
-user_version; older versions are migrated when a collection is opened for writing.
+`chunks` (text, character offsets, float32 vector), `chunks_fts` (the keyword index over the
+chunk text, see `keywords.py`), `collection` (the model, quant, dim and query instruction the
+vectors were made with; a different model or dim is refused) and `generation` (a counter that
+triggers raise on every change to `chunks`). Its schema version is PRAGMA user_version; older
+versions are migrated when a collection is opened.
+
+Each search mode is one short path: keyword (`keywords.best_matches`, BM25), vector
+(`vectors.nearest`, exact cosine) and hybrid (both, fused by `fusion.fuse`), then the reranker
+when one is given.
 
 Searching reads the vectors from a memory-mapped matrix file beside the database (see
 `vectors.py`), kept in step through the generation counter: a missing or stale file costs time,
@@ -42,10 +48,12 @@ from ..limits import check_dim
 from ..prompts import DEFAULT_INSTRUCTION
 from .chunking import Chunker
 from .embedding import EmbeddedBatch, embed_documents
-from .vectors import Snapshot, Vectors, delta_path, matrix_path, nearest
+from .fusion import DEFAULT_FUSION, Fusion, fuse
+from .keywords import BUILD_KEYWORD_INDEX, KEYWORD_INDEX, best_matches
+from .vectors import Scored, Snapshot, Vectors, delta_path, exact_scores, matrix_path, nearest
 from .walk import DEFAULT_CHUNK_TOKENS, Counts, TextFiles
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE collection (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE documents (
@@ -79,6 +87,8 @@ BUSY_TIMEOUT_S = 60         # a reader or writer waits this long for another's c
 IMPORT_BATCH_RECORDS = 2048  # records committed per transaction by `add` (whole files: a few more)
 FETCH_IDS = 10_000          # chunk ids per SELECT when vectors are read from the database
 DEFAULT_RERANK_TOP = 50
+SEARCH_MODES = ("hybrid", "vector", "keyword")
+HYBRID_DEPTH = 50           # candidates taken from each ranking before they are fused
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,28 @@ class SearchHit:
     start: int
     end: int
     text: str
-    score: float            # the reranker's P(yes) when reranked, else the cosine
-    cosine: float
+    score: float            # what the hits are ordered by: P(yes) when reranked, else the mode's score
+    cosine: float | None    # with the query's vector (not computed in keyword mode)
+    bm25: float | None = None           # BM25 score when the keyword ranking holds the chunk
+    keyword_rank: int | None = None     # rank (from 1) in the keyword ranking
+    vector_rank: int | None = None      # rank (from 1) in the vector ranking
+    fused: float | None = None          # the reciprocal rank fusion score (hybrid mode)
+
+    @property
+    def id(self) -> str:
+        """The chunk's name in the collection, as `Collection.get` takes it: PATH#CHUNK."""
+        return f"{self.path}#{self.chunk}"
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Stored text: one chunk (`chunk` its number) or a whole file (`chunk` None), with character offsets."""
+
+    path: str
+    chunk: int | None
+    start: int
+    end: int
+    text: str
 
 
 @dataclass
@@ -322,41 +352,88 @@ class Collection:
 
     # --- searching -------------------------------------------------------------------------------
 
-    def search(self, query: str | None = None, *, vector=None, k: int = 10, use_instruction: bool = True,
-               instruction: str | None = None, reranker=None, rerank_top: int = DEFAULT_RERANK_TOP,
-               path_glob: str | None = None, min_score: float | None = None) -> list[SearchHit]:
-        """The k chunks closest to `query` by cosine, or the best k of the closest `rerank_top`
-        as scored by `reranker`. The query is embedded with the collection's instruction (or
-        `instruction`), or as plain text with `use_instruction=False`; or give a ready `vector`
-        (normalized here) instead of a query.
+    def search(self, query: str | None = None, *, vector=None, k: int = 10, mode: str | None = None,
+               fusion: Fusion = DEFAULT_FUSION, use_instruction: bool = True, instruction: str | None = None,
+               reranker=None, rerank_top: int = DEFAULT_RERANK_TOP, path_glob: str | None = None,
+               min_score: float | None = None) -> list[SearchHit]:
+        """The k best chunks for `query`, best first, by `mode`:
+
+        - "hybrid" (the default for a query text): the keyword and vector rankings fused by
+          reciprocal rank (`fusion` sets its constant and weights); `score` is the fused score;
+        - "vector" (the default for a `vector`): by cosine, exact (float64-rescored top k);
+        - "keyword": by BM25 over the chunk text (no model is loaded); `score` is the BM25 score.
+
+        With `reranker`, the best `rerank_top` of the mode's ranking are scored by it and the best
+        k of those kept (`score` is then P(yes)). The query is embedded with the collection's
+        instruction (or `instruction`), or as plain text with `use_instruction=False`; a ready
+        `vector` (normalized here) is used instead when given, alone or with the query text.
 
         `path_glob` keeps chunks of files whose absolute path matches it (a pattern not starting
         with / or * may match at any folder depth); `min_score` drops hits scoring below it.
         """
+        mode = mode or ("vector" if query is None else "hybrid")
+        if mode not in SEARCH_MODES:
+            raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
         if k < 1 or rerank_top < 1:
             raise UserError("k and rerank_top must be at least 1")
-        if (query is None) == (vector is None):
-            raise UserError("search takes a query text or a vector, one of the two")
-        if reranker is not None and query is None:
-            raise UserError("reranking needs the query text, not only its vector")
+        if query is None and vector is None:
+            raise UserError("search takes a query text or a vector (or both)")
+        if query is not None and not query.strip():
+            raise UserError("the query is empty")
+        if query is None and (reranker is not None or mode != "vector"):
+            raise UserError(f"{'reranking' if reranker is not None else mode + ' search'} needs the query text, "
+                            "not only its vector")
         if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM chunks)").fetchone()[0]:
             raise UserError(f"the collection {self.path} is empty; index some files first")
-        if vector is None:
-            instruction = (instruction or self.instruction) if use_instruction else None
-            vector = self.embedder.encode(query, instruction=instruction, dim=self.dim)
-        vector = self._query_vector(vector)
-        n_candidates = max(k, rerank_top) if reranker is not None else k
-        self._refresh_vectors_if_free()
+        if mode != "keyword":
+            if vector is None:
+                instruction = (instruction or self.instruction) if use_instruction else None
+                vector = self.embedder.encode(query, instruction=instruction, dim=self.dim)
+            vector = self._query_vector(vector)
+            self._refresh_vectors_if_free()
+        n = max(k, rerank_top) if reranker is not None else k
+        pattern = _path_pattern(path_glob) if path_glob else None
         with self._read_transaction():
-            vectors, snapshot = self._vectors_and_snapshot()
-            allowed = self._chunks_under(path_glob) if path_glob else None
-            scored = nearest(vector, n_candidates, vectors, snapshot, self._fetch_vectors, allowed)
-            hits = [self._hit(int(chunk_id), float(score)) for chunk_id, score in zip(scored.ids, scored.scores)]
+            if mode == "keyword":
+                hits = self._keyword_hits(query, n, pattern)
+            elif mode == "vector":
+                hits = self._vector_hits(self._nearest(vector, n, pattern))
+            else:
+                hits = self._hybrid_hits(query, vector, n, pattern, fusion)
         if reranker is not None and hits:
             scores = reranker.score(query, [h.text for h in hits], instruction=instruction)
             order = np.argsort(-scores, kind="stable")[:k]
             hits = [replace(hits[i], score=float(scores[i])) for i in order]
         return [hit for hit in hits if min_score is None or hit.score >= min_score]
+
+    def _keyword_hits(self, query: str, n: int, pattern: str | None) -> list[SearchHit]:
+        ranked = best_matches(self._db, query, n, pattern)
+        return [self._hit(chunk_id, score=bm25, bm25=bm25, keyword_rank=rank)
+                for rank, (chunk_id, bm25) in enumerate(zip(ranked.ids.tolist(), ranked.scores.tolist()), 1)]
+
+    def _vector_hits(self, scored: Scored) -> list[SearchHit]:
+        return [self._hit(chunk_id, score=cosine, cosine=cosine, vector_rank=rank)
+                for rank, (chunk_id, cosine) in enumerate(zip(scored.ids.tolist(), scored.scores.tolist()), 1)]
+
+    def _hybrid_hits(self, query: str, vector: np.ndarray, n: int, pattern: str | None,
+                     fusion: Fusion) -> list[SearchHit]:
+        depth = max(n, HYBRID_DEPTH)
+        keyword, nearest_ = best_matches(self._db, query, depth, pattern), self._nearest(vector, depth, pattern)
+        fused = fuse(keyword.ids, nearest_.ids, fusion)
+        ids = fused.ids[:n]
+        bm25 = dict(zip(keyword.ids.tolist(), keyword.scores.tolist()))
+        cosines = exact_scores(self._fetch_vectors(ids), vector).tolist() if len(ids) else []
+        return [self._hit(chunk_id, score=score, cosine=cosine, bm25=bm25.get(chunk_id),
+                          keyword_rank=keyword_rank or None, vector_rank=vector_rank or None, fused=score)
+                for chunk_id, score, cosine, keyword_rank, vector_rank in
+                zip(ids.tolist(), fused.scores.tolist(), cosines, fused.keyword_ranks.tolist(),
+                    fused.vector_ranks.tolist())]
+
+    def _nearest(self, vector: np.ndarray, n: int, pattern: str | None) -> Scored:
+        """The exact n nearest chunks (inside the caller's read transaction)."""
+        vectors, snapshot = self._vectors_and_snapshot()
+        allowed = self._chunks_under(pattern) if pattern else None
+        return nearest(vector, n, vectors, snapshot, self._fetch_vectors, allowed)
 
     def _query_vector(self, vector) -> np.ndarray:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -368,17 +445,56 @@ class Collection:
         return vector / norm
 
     def _chunks_under(self, pattern: str) -> np.ndarray:
-        if not pattern.startswith(("/", "*")):
-            pattern = "*/" + pattern
         ids = self._db.execute("SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
                                "WHERE d.path GLOB ?", (pattern,))
         return np.fromiter((row[0] for row in ids), dtype=np.int64)
 
-    def _hit(self, chunk_id: int, cosine: float) -> SearchHit:
+    def _hit(self, chunk_id: int, **scores) -> SearchHit:
         path, chunk, start, end, text = self._db.execute(
             "SELECT d.path, c.chunk, c.char_start, c.char_end, c.text FROM chunks c "
             "JOIN documents d ON d.id = c.document_id WHERE c.id = ?", (chunk_id,)).fetchone()
-        return SearchHit(path, chunk, start, end, text, cosine, cosine)
+        return SearchHit(path, chunk, start, end, text, **{"cosine": None, **scores})
+
+    # --- reading stored text ---------------------------------------------------------------------
+
+    def get(self, name: str) -> list[Passage]:
+        """Stored text by name: a file's path (its whole text, rebuilt from its chunks), a chunk as
+        search hits name it (`PATH#CHUNK`), or a glob of paths (every matching file, by path).
+        Relative paths are taken from the current folder, as `index` took them."""
+        with self._read_transaction():
+            path = os.path.abspath(name)
+            if self._document_id(path) is not None:
+                return [self._file_passage(path)]
+            file, _, number = name.rpartition("#")
+            if file and number.isdigit():
+                row = self._db.execute(
+                    "SELECT c.chunk, c.char_start, c.char_end, c.text FROM chunks c JOIN documents d "
+                    "ON d.id = c.document_id WHERE d.path = ? AND c.chunk = ?",
+                    (os.path.abspath(file), int(number))).fetchone()
+                if row is not None:
+                    return [Passage(os.path.abspath(file), *row)]
+            if any(char in name for char in "*?["):
+                paths = [p for (p,) in self._db.execute("SELECT path FROM documents WHERE path GLOB ? ORDER BY path",
+                                                        (_path_pattern(name),))]
+                if paths:
+                    return [self._file_passage(p) for p in paths]
+        raise UserError(f"{name} is not in the collection {self.path}")
+
+    def _document_id(self, path: str) -> int | None:
+        row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def _file_passage(self, path: str) -> Passage:
+        """A file's text from its chunks, which follow one another (overlapping, never leaving a gap)."""
+        chunks = self._db.execute("SELECT c.char_start, c.char_end, c.text FROM chunks c JOIN documents d "
+                                  "ON d.id = c.document_id WHERE d.path = ? ORDER BY c.chunk", (path,)).fetchall()
+        if not chunks:
+            return Passage(path, None, 0, 0, "")
+        text, covered = "", chunks[0][0]
+        for start, end, chunk_text in chunks:
+            text += chunk_text[max(0, covered - start):]
+            covered = max(covered, end)
+        return Passage(path, None, chunks[0][0], covered, text)
 
     # --- the vector file -------------------------------------------------------------------------
 
@@ -524,7 +640,7 @@ class Collection:
 
     def _upgrade(self, version: int | None) -> None:
         """Create the schema (version None) or migrate it to SCHEMA_VERSION (inside the caller's transaction)."""
-        steps = [SCHEMA, GENERATION] if version is None else MIGRATIONS[version:]
+        steps = [SCHEMA, GENERATION, KEYWORD_INDEX] if version is None else MIGRATIONS[version:]
         for step in steps:
             for statement in _statements(step):
                 self._db.execute(statement)
@@ -660,7 +776,8 @@ class Collection:
 
 
 # Migrations: MIGRATIONS[v] brings a database from schema version v to v + 1.
-# Version 0 is the schema of the first release (no user_version, chunk ids could be reused).
+# Version 0 is the schema of the first release (no user_version, chunk ids could be reused);
+# version 1 had no keyword index.
 MIGRATIONS = [
     """
     CREATE TABLE chunks_v1 (
@@ -676,8 +793,14 @@ MIGRATIONS = [
     DROP TABLE chunks;
     ALTER TABLE chunks_v1 RENAME TO chunks;
     """ + GENERATION,
+    KEYWORD_INDEX + BUILD_KEYWORD_INDEX,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _path_pattern(glob: str) -> str:
+    """A path glob as an SQLite GLOB over absolute paths: one not starting with / or * matches at any depth."""
+    return glob if glob.startswith(("/", "*")) else "*/" + glob
 
 
 def _statements(script: str) -> list[str]:
