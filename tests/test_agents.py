@@ -278,7 +278,8 @@ async def exercise(client: Client, corpus: Path) -> None:
         ("search", {"query": "   "}, "the query is empty"),
         ("search", {"query": "tea", "rerank": True}, "--rerank-model"),
         ("get", {"target": str(corpus / "absent.txt")}, "absent.txt is not in the collection"),
-        ("get", {"target": f"{corpus / 'topic1.txt'}#7"}, "has no chunk 7"),
+        ("get", {"target": f"{corpus / 'topic1.txt'}#7"}, "topic1.txt#7 is not in the collection"),
+        ("get", {"target": str(corpus / "topic*.txt")}, "names 8 files"),
     ]:
         failed = await client.call_tool(name, arguments)
         assert failed.is_error and message in failed.content[0].text, (arguments, failed.content)

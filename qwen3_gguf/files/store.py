@@ -198,16 +198,6 @@ class Collection:
         self._adopt_model()
         return self._embedder
 
-    def chunks_of(self, path: str) -> list[tuple[int, int, int, str]]:
-        """The stored chunks (chunk, start, end, text) of the file at `path` (absolute, or relative to the
-        current folder), in order; a UserError when the collection does not hold it."""
-        rows = self._db.execute("SELECT c.chunk, c.char_start, c.char_end, c.text FROM chunks c JOIN documents d "
-                                "ON d.id = c.document_id WHERE d.path = ? ORDER BY c.chunk",
-                                (os.path.abspath(path),)).fetchall()
-        if not rows:
-            raise UserError(f"{path} is not in the collection {self.path}")
-        return rows
-
     # --- indexing --------------------------------------------------------------------------------
 
     def index(self, paths: Sequence[str], *, include: Sequence[str] = (), exclude: Sequence[str] = (),

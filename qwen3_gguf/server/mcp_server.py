@@ -96,27 +96,16 @@ class CollectionTools:
 
 
 def read_stored(collection, target: str, *, offset: int = 0, max_chars: int = MAX_GET_CHARS) -> Passage:
-    """A stored file (its chunks joined at their offsets) or one chunk (`PATH#CHUNK`) of `collection`, as text
-    from character `offset`, at most `max_chars` of it."""
-    path, _, chunk = target.rpartition("#") if "#" in target else (target, "", "")
-    if chunk and not chunk.isdigit():
-        raise UserError(f"{target!r}: a chunk is named PATH#NUMBER")
-    chunks = collection.chunks_of(path)
-    if chunk:
-        chunks = [c for c in chunks if c[0] == int(chunk)]
-        if not chunks:
-            raise UserError(f"{path} has no chunk {chunk} in the collection")
-    start = chunks[0][1]
-    parts: list[str] = []
-    covered = start
-    for _, chunk_start, chunk_end, chunk_text in chunks:      # neighbouring chunks overlap: add what is new
-        if chunk_end > covered:
-            parts.append(chunk_text[max(covered - chunk_start, 0):])
-            covered = chunk_end
-    whole = "".join(parts)
-    piece = whole[offset:offset + max_chars]
-    return Passage(path=os.path.abspath(path), chunk=int(chunk) if chunk else None, start=start + offset,
-                   end=start + offset + len(piece), text=piece, more=offset + len(piece) < len(whole))
+    """What `Collection.get` gives for a file or a chunk (`PATH#CHUNK`) of `collection`, as text from
+    character `offset`, at most `max_chars` of it; a glob must name one file."""
+    passages = collection.get(target)
+    if len(passages) > 1:
+        shown = ", ".join(p.path for p in passages[:5]) + (", …" if len(passages) > 5 else "")
+        raise UserError(f"{target!r} names {len(passages)} files ({shown}); get them one at a time")
+    (stored,) = passages
+    piece = stored.text[offset:offset + max_chars]
+    return Passage(path=stored.path, chunk=stored.chunk, start=stored.start + offset,
+                   end=stored.start + offset + len(piece), text=piece, more=offset + len(piece) < len(stored.text))
 
 
 @contextlib.contextmanager
