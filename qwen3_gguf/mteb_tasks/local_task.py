@@ -22,7 +22,11 @@ def is_local_task(name: str) -> bool:
     return Path(name).is_dir()
 
 
-def local_retrieval_task(folder: str | Path) -> AbsTaskRetrieval:
+class LocalRetrievalTask(AbsTaskRetrieval):
+    """A retrieval task whose data is a local folder (its subclass per folder carries the metadata)."""
+
+
+def local_retrieval_task(folder: str | Path) -> LocalRetrievalTask:
     folder = Path(folder)
     absent = [name for name in REQUIRED if not (folder / name).exists()]
     if absent:
@@ -50,7 +54,7 @@ def local_retrieval_task(folder: str | Path) -> AbsTaskRetrieval:
                                     for split in splits}}
         self.data_loaded = True
 
-    task_class = type("LocalRetrievalTask", (AbsTaskRetrieval,), {"metadata": metadata, "load_data": load_data})
+    task_class = type("LocalRetrievalTask", (LocalRetrievalTask,), {"metadata": metadata, "load_data": load_data})
     return task_class()
 
 

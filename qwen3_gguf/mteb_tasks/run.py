@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..hub import offline, why_offline
 from .cache import EmbeddingCache
 from .encoder import GGUFEncoder
-from .local_task import is_local_task, local_retrieval_task
+from .local_task import LocalRetrievalTask, is_local_task, local_retrieval_task
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ def load_tasks(tasks) -> None:
     """Load every task's data now: offline, a dataset not in the Hugging Face cache is one line."""
     for task in tasks:
         if task.data_loaded:
+            continue
+        if isinstance(task, LocalRetrievalTask):
+            task.load_data()
             continue
         try:
             with _cache_only_when_offline():
