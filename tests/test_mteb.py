@@ -94,6 +94,29 @@ def encoded(monkeypatch):
     return calls
 
 
+def test_the_reranker_as_mtebs_cross_encoder(reranker_tied_gguf, tmp_path):
+    """A reranking task (each query's candidates in top_ranked): nDCG@10 of mteb over GGUFCrossEncoder
+    equals the one computed from Reranker.score with pytrec_eval."""
+    from qwen3_gguf import Reranker
+    from qwen3_gguf.mteb_tasks import GGUFCrossEncoder
+
+    task = write_task(tmp_path)
+    doc_ids = [f"{t}-{n}" for t, docs in TOPICS.items() for n in range(len(docs))]
+    (task / "top_ranked").mkdir()
+    (task / "top_ranked" / "test.jsonl").write_text("".join(
+        json.dumps({"query-id": f"q-{t}", "corpus-ids": doc_ids}) + "\n" for t in QUERIES), encoding="utf-8")
+    documents = [d for docs in TOPICS.values() for d in docs]
+    with Reranker(reranker_tied_gguf) as reranker:
+        run = {f"q-{t}": dict(zip(doc_ids, map(float, reranker.score(q, documents)))) for t, q in QUERIES.items()}
+        qrels = {f"q-{t}": {f"{t}-{n}": 2 - n for n in range(len(docs))} for t, docs in TOPICS.items()}
+        per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+        expected = float(np.mean([m["ndcg_cut_10"] for m in per_query.values()]))
+        results = mteb.evaluate(GGUFCrossEncoder(reranker), resolve_tasks([str(task)]), cache=None,
+                                show_progress_bar=False)
+    assert results.task_results[0].get_score() == pytest.approx(expected, abs=5e-6)
+    assert 0 < expected < 1
+
+
 def test_queries_carry_the_instruction_documents_none(embedding_gguf_256, task_folder, encoded):
     with Embedder(embedding_gguf_256) as embedder:
         run_tasks(embedder, resolve_tasks([str(task_folder)]))

@@ -4,7 +4,7 @@ embeddings cached per file, and tasks from mteb's registry or a local BEIR-style
 Needs the optional extra `qwen3-gguf[mteb]` (mteb, and through it torch, which mteb's data loaders use)."""
 
 from .cache import EmbeddingCache
-from .encoder import GGUFEncoder
+from .encoder import GGUFCrossEncoder, GGUFEncoder
 from .run import TaskScore, load_tasks, resolve_tasks, run_tasks
 
-__all__ = ["EmbeddingCache", "GGUFEncoder", "TaskScore", "load_tasks", "resolve_tasks", "run_tasks"]
+__all__ = ["EmbeddingCache", "GGUFCrossEncoder", "GGUFEncoder", "TaskScore", "load_tasks", "resolve_tasks", "run_tasks"]

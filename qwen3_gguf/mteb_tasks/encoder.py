@@ -19,7 +19,22 @@ from ..embed import Embedder
 from ..limits import check_dim
 from ..progress import progress_bar
 from ..prompts import DEFAULT_INSTRUCTION, query_text
+from ..rerank import Reranker
 from .cache import EmbeddingCache, file_sha256
+
+
+def task_instruction(task_metadata, mapping: Mapping[str, str] | None) -> str:
+    """The query instruction of a task, in mteb's order (AbsEncoder.prompt_priority): the user's
+    mapping by task name, task type, then prompt type; the task's own prompt; then, where mteb
+    would fall back to the generic prompt of the task family, the instruction Qwen3 was trained
+    with as its default."""
+    for key in (task_metadata.name, task_metadata.type, PromptType.query.value):
+        if mapping and key in mapping:
+            return mapping[key]
+    prompt = task_metadata.prompt
+    if isinstance(prompt, dict):
+        prompt = prompt.get(PromptType.query.value)
+    return prompt or DEFAULT_INSTRUCTION
 
 
 class GGUFEncoder(AbsEncoder):
@@ -49,19 +64,10 @@ class GGUFEncoder(AbsEncoder):
         })
 
     def instruction_for(self, task_metadata, prompt_type: PromptType | None) -> str | None:
-        """The instruction a text of this task and prompt type is embedded with (None: documents).
-        mteb's order (AbsEncoder.prompt_priority): the user's mapping by task name, task type, then
-        prompt type; the task's own prompt; then, where mteb would fall back to the generic prompt of
-        the task family, the instruction Qwen3 was trained with as its default."""
+        """The instruction a text of this task and prompt type is embedded with (None: documents)."""
         if prompt_type == PromptType.document:
             return None
-        for key in (task_metadata.name, task_metadata.type, PromptType.query.value):
-            if self.prompts_dict and key in self.prompts_dict:
-                return self.prompts_dict[key]
-        prompt = task_metadata.prompt
-        if isinstance(prompt, dict):
-            prompt = prompt.get(PromptType.query.value)
-        return prompt or DEFAULT_INSTRUCTION
+        return task_instruction(task_metadata, self.prompts_dict)
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs) -> np.ndarray:
@@ -101,3 +107,33 @@ class GGUFEncoder(AbsEncoder):
             ids, _ = self.model.tokenize(query_text("", instruction) if instruction else "")
             vectors[empty] = self.model.encode_tokens([ids], dim=self.dim)[0]
         return vectors
+
+
+class GGUFCrossEncoder:
+    """mteb's CrossEncoderProtocol for a Reranker: P(yes) of each (query, document) pair, with the
+    task's instruction chosen as for the encoder. mteb gives it the candidates of a task's
+    `top_ranked` lists (reranking tasks), not a whole corpus."""
+
+    def __init__(self, reranker: Reranker, *, instructions: Mapping[str, str] | None = None):
+        self.reranker = reranker
+        self.instructions = dict(instructions) if instructions else None
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
+            "name": f"qwen3-gguf/{reranker.model_file.path.stem}",
+            "revision": file_sha256(reranker.model_file.path)[:16],
+            "use_instructions": True,
+            "framework": ["GGUF"],
+            "model_type": ["cross-encoder"],
+        })
+
+    def predict(self, inputs1, inputs2, *, task_metadata, hf_split: str, hf_subset: str,
+                prompt_type: PromptType | None = None, **kwargs) -> np.ndarray:
+        queries = [text for batch in inputs1 for text in batch["text"]]
+        documents = [text for batch in inputs2 for text in batch["text"]]
+        instruction = task_instruction(task_metadata, self.instructions)
+        by_query: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            by_query.setdefault(query, []).append(i)
+        scores = np.empty(len(queries), np.float32)
+        for query, rows in by_query.items():
+            scores[rows] = self.reranker.score(query, [documents[i] for i in rows], instruction=instruction)
+        return scores

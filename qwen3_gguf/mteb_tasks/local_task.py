@@ -1,6 +1,8 @@
 """A retrieval task from a local folder in the BEIR layout, as mteb's retrieval datasets are:
 corpus.jsonl (`_id`, `text`, optional `title`), queries.jsonl (`_id`, `text`) and
-qrels/<split>.tsv (`query-id`, `corpus-id`, `score`, with that header). Scored by nDCG@10."""
+qrels/<split>.tsv (`query-id`, `corpus-id`, `score`, with that header). Scored by nDCG@10.
+An optional top_ranked/<split>.jsonl (`query-id`, `corpus-ids`) makes it a reranking task: each
+query's candidates, which a cross-encoder scores."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def local_retrieval_task(folder: str | Path) -> LocalRetrievalTask:
                                      for r in _jsonl(folder / "queries.jsonl")])
         self.dataset = {"default": {split: RetrievalSplitData(corpus=corpus, queries=queries,
                                                               relevant_docs=_qrels(folder / "qrels" / f"{split}.tsv"),
-                                                              top_ranked=None)
+                                                              top_ranked=_top_ranked(folder, split))
                                     for split in splits}}
         self.data_loaded = True
 
@@ -58,18 +60,31 @@ def local_retrieval_task(folder: str | Path) -> LocalRetrievalTask:
     return task_class()
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path, fields: tuple[str, ...] = ("_id", "text")) -> list[dict]:
     records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
                     record = json.loads(line)
-                    record["_id"], record["text"]  # noqa: B018 - both fields are required
-                except (ValueError, KeyError, TypeError):
-                    raise UserError(f"{path}:{n}: expected a JSON object with '_id' and 'text'") from None
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or any(field not in record for field in fields):
+                    raise UserError(f"{path}:{n}: expected a JSON object with {' and '.join(map(repr, fields))}")
                 records.append(record)
     return records
+
+
+def _top_ranked(folder: Path, split: str) -> dict[str, list[str]] | None:
+    path = folder / "top_ranked" / f"{split}.jsonl"
+    if not path.exists():
+        return None
+    ranked = {}
+    for n, record in enumerate(_jsonl(path, ("query-id", "corpus-ids")), 1):
+        if not isinstance(record["corpus-ids"], list):
+            raise UserError(f"{path}:{n}: 'corpus-ids' must be a list of document ids")
+        ranked[str(record["query-id"])] = [str(i) for i in record["corpus-ids"]]
+    return ranked
 
 
 def _qrels(path: Path) -> dict[str, dict[str, int]]:
