@@ -93,20 +93,20 @@ def run_tasks(embedder: Embedder, tasks, *, dim: int | None = None, instructions
 
 @contextlib.contextmanager
 def _cache_only_when_offline():
-    """An unreachable Hub (the probe of qwen3_gguf.hub) read as HF_HUB_OFFLINE=1 by huggingface_hub and
-    datasets while the data loads: the cache answers at once instead of after rounds of retries."""
+    """Offline (HF_HUB_OFFLINE=1, or a Hub that the probe of qwen3_gguf.hub found unreachable, which
+    puts huggingface_hub offline), datasets is told so too while the data loads: the cache answers
+    at once instead of after rounds of retries."""
     import datasets.config
-    from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or not offline():
+    if not offline():
         yield
         return
-    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    saved = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+        datasets.config.HF_HUB_OFFLINE = saved
 
 
 @contextlib.contextmanager
