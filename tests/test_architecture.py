@@ -15,8 +15,9 @@ ALLOWED = {
     "embed": {"runtime", "catalog", "errors", "gguf_file", "limits", "progress", "prompts"},
     "rerank": {"runtime", "catalog", "errors", "gguf_file", "limits", "progress", "prompts", "embed"},
     "files": {"errors", "atomic", "catalog", "gguf_file", "limits", "prompts", "embed", "progress"},
+    "mteb_tasks": {"errors", "atomic", "hub", "limits", "progress", "prompts", "embed", "rerank"},
     "quantization": {"runtime", "errors", "atomic", "data", "gguf_file", "progress", "prompts", "tensor_names",
-                     "limits", "embed", "rerank", "convert"},
+                     "limits", "embed", "rerank", "convert", "mteb_tasks"},
     "integrations": {"builds", "embed", "rerank", "errors", "limits", "prompts"},
 }
 # The front ends: the command line, the rooms only it starts (the server, the scale-out job) and the

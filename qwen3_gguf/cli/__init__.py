@@ -13,6 +13,7 @@ from .files import embed_files
 from .info import info
 from .mcp import mcp
 from .models import models
+from .mteb import mteb
 from .quantize import imatrix, quantize, sweep
 from .serve import serve
 from .store import get, index, list_collections, search
@@ -29,6 +30,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 for command in (convert, info, embed, embed_files, rerank, models, index, search, get, list_collections, mcp, imatrix,
-                quantize, sweep, bench):
+                quantize, sweep, bench, mteb):
     cli.add_command(command)
 cli.add_command(serve)

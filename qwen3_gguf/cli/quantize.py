@@ -107,11 +107,13 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
               help="Evaluation texts are cut to this many tokens (alike for every file).")
 @click.option("--dim", type=int, help="The reduced Matryoshka dimension also measured [default: 256, or half "
               "of a smaller model's].")
+@click.option("--mteb", "mteb_tasks", metavar="TASKS", help="Comma-separated MTEB tasks (or local task folders) "
+              "scored on every file: each task's main score and its difference to the reference's.")
 @threads_option
 @click.pass_obj
 def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None, imatrix_file: Path | None,
           calibration: tuple[Path, ...], chunks: int | None, eval_file: Path | None, reference: str | None,
-          limit: int | None, max_tokens: int, dim: int | None, threads: int | None) -> None:
+          limit: int | None, max_tokens: int, dim: int | None, mteb_tasks: str | None, threads: int | None) -> None:
     """Build quants of SRC (a checkpoint folder or an unquantized GGUF) for every type and recipe,
     measure each against the reference on an evaluation set, and report size, fidelity and speed.
 
@@ -130,7 +132,7 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
         types=_names(types, "--types") or DEFAULT_TYPES, recipes=_names(recipes, "--recipes") or DEFAULT_RECIPES,
         imatrix=imatrix_file, calibration=calibration, imatrix_chunks=chunks, eval_file=eval_file,
         reference=reference.lower() if reference else None, limit=limit, max_tokens=max_tokens,
-        reduced_dim=dim, threads=threads,
+        reduced_dim=dim, threads=threads, mteb_tasks=_names(mteb_tasks, "--mteb") or (),
     )
     with progress_bar(total=count_steps(settings), enabled=True, unit="step", desc="sweep") as bar:
         result = run_sweep(src, out_dir, settings, say=lambda line: tqdm.write(line, file=sys.stderr),

@@ -1,5 +1,6 @@
 """The sweep's report: report.json (every number), report.md (a table sorted by size, the
-Pareto-optimal rows marked) and pareto.png (size against fidelity) when matplotlib is there."""
+Pareto-optimal rows marked) and pareto.png (size against fidelity, and against MTEB main score
+with --mteb) when matplotlib is there."""
 
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ def markdown(result: SweepResult, front: set[str]) -> str:
             if embedding else
             "Each query is scored against its own document and the next pairs' documents: Spearman of all "
             "P(yes), mean |ΔP(yes)|, and how often the top document is the reference's."),
+        *(["MTEB: each task's main score on this file (mteb's own evaluation, results in mteb/) and Δ, its "
+           "difference to the reference's score."] if mteb_tasks(result) else []),
         f"{PARETO_MARK}: Pareto-optimal in size against "
         + ("mean cosine." if embedding else "mean |ΔP(yes)|.") + " Sorted by size.",
         "",
@@ -91,6 +94,9 @@ def markdown(result: SweepResult, front: set[str]) -> str:
     else:
         head = ["", "type", "recipe", "MiB", "bits/weight", "Spearman", "mean |ΔP|", "max |ΔP|", "top-1 agree",
                 "load s", "tokens/s"]
+    tasks = mteb_tasks(result)
+    for task, metric in tasks.items():
+        head += [f"{task} {metric}", f"Δ {task}"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in _sorted_rows(result):
         m, f = row.measured, row.measured["fidelity"]
@@ -105,11 +111,19 @@ def markdown(result: SweepResult, front: set[str]) -> str:
             cells += [_num(f["spearman"], 4), _num(f["mean_abs_delta"], 5), _num(f["max_abs_delta"], 4),
                       _num(f["top1_agreement"], 3)]
         cells += [f"{m['load_s']:.2f}", f"{m['tokens_per_s']:,.0f}"]
+        for task in tasks:
+            cells += [f"{m['mteb'][task]['score']:.5f}", f"{m['mteb'][task]['delta']:+.5f}"]
         if row.same_as:
             cells[2] += f" (= {row.same_as})"
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def mteb_tasks(result: SweepResult) -> dict[str, str]:
+    """Task → main-score metric of the MTEB columns (none without --mteb)."""
+    scores = result.rows[0].measured.get("mteb", {})
+    return {task: score["metric"] for task, score in scores.items()}
 
 
 def _num(value: float, digits: int) -> str:
@@ -130,7 +144,9 @@ def _plot(result: SweepResult, front: set[str], path: Path) -> Path:
 
     rows = [r for r in result.rows if r.recipe is not None and r.same_as is None]
     recipes = list(dict.fromkeys(r.recipe for r in rows))
-    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
+    tasks = mteb_tasks(result)
+    figure, panels = plt.subplots(1, 2 if tasks else 1, figsize=(15 if tasks else 8, 5.5), dpi=120, squeeze=False)
+    axes = panels[0][0]
     for i, recipe in enumerate(recipes):
         mine = [r for r in rows if r.recipe == recipe]
         axes.scatter([r.measured["size_bytes"] / MIB for r in mine], [distance(r) for r in mine],
@@ -148,8 +164,32 @@ def _plot(result: SweepResult, front: set[str], path: Path) -> Path:
     axes.set_title(f"{result.model_name}: size against fidelity (lower is closer)", fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
+    if tasks:
+        _mteb_panel(panels[0][1], result, rows, recipes, tasks)
     figure.tight_layout()
     with atomic_path(path) as partial:
         figure.savefig(partial, format="png")
     plt.close(figure)
     return path
+
+
+def _mteb_panel(axes, result: SweepResult, rows: list[SweepFile], recipes: list[str], tasks: dict[str, str]) -> None:
+    """Size against the mean MTEB main score over the tasks, the reference's as a line."""
+    def mean_score(row):
+        return sum(row.measured["mteb"][task]["score"] for task in tasks) / len(tasks)
+
+    for i, recipe in enumerate(recipes):
+        mine = [r for r in rows if r.recipe == recipe]
+        axes.scatter([r.measured["size_bytes"] / MIB for r in mine], [mean_score(r) for r in mine],
+                     marker=MARKERS[i % len(MARKERS)], s=50, label=recipe, zorder=3)
+        for r in mine:
+            axes.annotate(r.type_name, (r.measured["size_bytes"] / MIB, mean_score(r)), fontsize=7,
+                          xytext=(4, 3 - 11 * i), textcoords="offset points")
+    axes.axhline(mean_score(result.rows[0]), color="grey", linestyle="--", linewidth=1,
+                 label=f"reference ({result.rows[0].type_name})")
+    axes.set_xlabel("file size (MiB)")
+    metrics = ", ".join(f"{task} {metric}" for task, metric in tasks.items())
+    axes.set_ylabel("MTEB main score" + (" (mean over tasks)" if len(tasks) > 1 else ""))
+    axes.set_title(f"MTEB: {metrics}", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)

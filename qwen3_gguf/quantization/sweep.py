@@ -4,10 +4,12 @@
         ─ imatrix once ─▶ DIR/imatrix.gguf (unless one is given)
         ─ quantize ─────▶ DIR/<stem>-<type>-<recipe>.gguf for every type × recipe
         ─ measure ──────▶ every file on the evaluation set, against the reference's outputs
+        ─ MTEB (--mteb) ▶ every file's main score on MTEB tasks, and its difference to the reference's
         ─ report ───────▶ DIR/report.md, DIR/report.json, DIR/pareto.png
 
 Files already in DIR are used as they are, and so are the outputs measured on them
-(DIR/outputs/), so a re-run resumes (and builds and runs nothing when all is there).
+(DIR/outputs/) and the MTEB embeddings (DIR/mteb/embeddings/, by file sha256), so a re-run resumes
+(and builds and runs nothing when all is there).
 DIR/sweep.json records what the files were built from; a re-run with another source,
 reference or imatrix is refused rather than mixing files of two sweeps. A (type, recipe) whose
 plan puts every tensor at the same type as an earlier one is not built again: its row names the
@@ -43,6 +45,7 @@ REDUCED_DIM = 256          # the Matryoshka dimension measured besides the full 
 MANIFEST = "sweep.json"
 IMATRIX_FILE = "imatrix.gguf"
 OUTPUTS_FOLDER = "outputs"      # what each file produced on the evaluation set, kept for re-runs
+MTEB_FOLDER = "mteb"            # mteb's results layout, and the embeddings cache under it
 UNQUANTIZED_FILE_TYPES = ("F32", "F16", "BF16")
 
 
@@ -59,6 +62,7 @@ class SweepSettings:
     max_tokens: int = EVAL_MAX_TOKENS
     reduced_dim: int | None = None           # default: REDUCED_DIM, or half of a smaller model's
     threads: int | None = None
+    mteb_tasks: Sequence[str] = ()           # MTEB task names (or local task folders) scored on every file
 
 
 @dataclass
@@ -100,6 +104,7 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
     recipes = _check_settings(settings)
     evalset = load_eval_set(settings.eval_file, limit=settings.limit)
     source_model = _check_source(src, settings.reference)
+    mteb_tasks = _mteb_tasks(settings.mteb_tasks, source_model)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file; -o names the folder the sweep writes into")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +118,8 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
     model = read_model_file(reference.path)
     if model.kind == "reranker":
         check_rerank_pairs(evalset)
+        if mteb_tasks:
+            raise UserError("--mteb scores embedding models; this sweep's reference is a reranker")
     reduced_dim = _reduced_dim(model, settings.reduced_dim) if model.kind == "embedding" else None
     matrix, imatrix_note = _importance_matrix(reference.path, out_dir, settings, say, verbose)
     step()
@@ -125,6 +132,8 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
                            lambda line, n=n: say(f"[{n}/{len(combinations)}] {line}")))
         step()
     _measure(rows, model.kind, evalset, settings, reduced_dim, out_dir, say, step)
+    if mteb_tasks:
+        _score_mteb(rows, mteb_tasks, out_dir, settings.threads, say, step)
     return SweepResult(kind=model.kind, model_name=model.name, eval_name=evalset.name,
                        n_queries=len(evalset.pairs) if model.kind == "reranker" else len(evalset.queries),
                        n_documents=len(evalset.documents),
@@ -183,10 +192,46 @@ def _measure(rows: list[SweepFile], kind: str, evalset, settings: SweepSettings,
             row.measured["fidelity"] = reranker_fidelity(reference["scores"], run.outputs["scores"])
 
 
+def _mteb_tasks(names: Sequence[str], source_model) -> list:
+    """The MTEB tasks, resolved and their data loaded before anything is built (or none asked for)."""
+    if not names:
+        return []
+    from ..mteb_tasks import load_tasks, resolve_tasks
+
+    if source_model is not None and source_model.kind == "reranker":
+        raise UserError(f"--mteb scores embedding models; {source_model.path} is a reranker")
+    tasks = resolve_tasks(names)
+    load_tasks(tasks)
+    return tasks
+
+
+def _score_mteb(rows: list[SweepFile], tasks, out_dir: Path, threads: int | None, say, step) -> None:
+    """Every distinct file's main score on each task, and its difference to the reference's (the
+    first row). Embeddings are cached by file sha256, so a file scored before embeds nothing."""
+    from ..embed import Embedder
+    from ..mteb_tasks import run_tasks
+
+    scores = {}
+    distinct = [row for row in rows if row.same_as is None]
+    for n, row in enumerate(distinct, 1):
+        with Embedder(row.path, device="cpu", threads=threads) as embedder:
+            scores[row.label], encoder = run_tasks(embedder, tasks, results_dir=out_dir / MTEB_FOLDER,
+                                                   cache_dir=out_dir / MTEB_FOLDER / "embeddings")
+        say(f"[{n}/{len(distinct)}] MTEB {row.label}: {encoder.embedded_texts} texts embedded, "
+            f"{encoder.cached_texts} from the cache")
+        step()
+    for _ in range(len(rows) - len(distinct)):
+        step()
+    reference = {s.task: s.score for s in scores[rows[0].label]}
+    for row in rows:
+        row.measured["mteb"] = {s.task: {"metric": s.main_score, "score": s.score, "delta": s.score - reference[s.task]}
+                                for s in scores[row.same_as or row.label]}
+
+
 def count_steps(settings: SweepSettings) -> int:
-    """Steps `run_sweep` reports: reference, imatrix, each build, each measurement."""
+    """Steps `run_sweep` reports: reference, imatrix, each build, each measurement (twice with --mteb)."""
     n_files = len(settings.types) * len(settings.recipes)
-    return 2 + n_files + (1 + n_files)
+    return 2 + n_files + (1 + n_files) * (2 if settings.mteb_tasks else 1)
 
 
 def _check_source(src: Path, precision: str | None):
