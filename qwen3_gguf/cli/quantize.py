@@ -135,11 +135,13 @@ def quantize(obj, model: Path, type_name: str | None, output: Path | None, targe
               help="Evaluation texts are cut to this many tokens (alike for every file).")
 @click.option("--dim", type=int, help="The reduced Matryoshka dimension also measured [default: 256, or half "
               "of a smaller model's].")
+@click.option("--searched", metavar="LIST", help="Comma-separated bits-per-weight targets (3.5,4.5,5.5): add a "
+              "searched file for each (as `quantize --target-bpw`).")
 @threads_option
 @click.pass_obj
 def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None, imatrix_file: Path | None,
           calibration: tuple[Path, ...], chunks: int | None, eval_file: Path | None, reference: str | None,
-          limit: int | None, max_tokens: int, dim: int | None, threads: int | None) -> None:
+          limit: int | None, max_tokens: int, dim: int | None, searched: str | None, threads: int | None) -> None:
     """Build quants of SRC (a checkpoint folder or an unquantized GGUF) for every type and recipe,
     measure each against the reference on an evaluation set, and report size, fidelity and speed.
 
@@ -158,7 +160,7 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
         types=_names(types, "--types") or DEFAULT_TYPES, recipes=_names(recipes, "--recipes") or DEFAULT_RECIPES,
         imatrix=imatrix_file, calibration=calibration, imatrix_chunks=chunks, eval_file=eval_file,
         reference=reference.lower() if reference else None, limit=limit, max_tokens=max_tokens,
-        reduced_dim=dim, threads=threads,
+        reduced_dim=dim, threads=threads, searched=_targets(searched),
     )
     with progress_bar(total=count_steps(settings), enabled=True, unit="step", desc="sweep") as bar:
         result = run_sweep(src, out_dir, settings, say=lambda line: tqdm.write(line, file=sys.stderr),
@@ -213,6 +215,16 @@ def _bytes(text: str) -> int:
     if not match or match.group(2).upper() not in _SIZE_UNITS:
         raise UserError(f"--target-size {text!r} is not a size such as 400MiB, 1.2GB or 350000000")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def _targets(value: str | None) -> list[float]:
+    targets = []
+    for name in _names(value, "--searched") or []:
+        try:
+            targets.append(float(name))
+        except ValueError:
+            raise UserError(f"--searched {name!r} is not a number of bits per weight (e.g. 3.5,4.5,5.5)") from None
+    return targets
 
 
 def _names(value: str | None, option: str) -> list[str] | None:

@@ -362,7 +362,9 @@ class _Measurements:
     def error(self, label: str, plan: QuantPlan) -> float:
         stored = self.folder / f"{label}.json"
         if stored.exists():
-            self.errors[label] = json.loads(stored.read_text(encoding="utf-8"))["error"]
+            measurement = json.loads(stored.read_text(encoding="utf-8"))
+            self.errors[label] = measurement["error"]
+            self.seconds.append(measurement["seconds"])       # what measuring costs, for --budget-minutes
             self.reused += 1
             return self.errors[label]
         if self.bar is not None:
