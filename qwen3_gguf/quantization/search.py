@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..atomic import atomic_paths, write_text_atomically
+from ..atomic import TEMPORARY_SUFFIX, atomic_paths, write_text_atomically
 from ..data import calibration_file
 from ..errors import UserError
 from ..gguf_file import read_header, read_model_file
@@ -175,6 +175,8 @@ def search_quantization(model: str | Path, target: SearchTarget, settings: Searc
 
     folder = Path(work_dir) / sha[:16] / _settings_key(settings)
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(f".*{TEMPORARY_SUFFIX}"):      # what a killed search was writing
+        leftover.unlink(missing_ok=True)
     calibration = load_eval_set(calibration_file(), limit=settings.calibration_records)
     store = _Measurements(folder, model, source.kind, calibration, settings, say, on_measured, verbose)
     pending = [(g, t) for t in candidates for g in groups if store.missing(_label(g.name, t))]
@@ -327,7 +329,7 @@ def format_report(result: SearchResult) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"sensitivity: mean {result.error_name} added over the base ({BASE_TYPE.name} everywhere: "
              f"{result.base_error:.2e}) when only that group is quantized, calibration split"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.append(f"target {result.target.describe()}: {result.bits_per_weight:.2f} bits per weight, "
                  f"{result.n_bytes / 2**20:.1f} MiB of tensors")
     measured = f"{result.measured_error:.2e}" if result.measured_error is not None else "not built"
