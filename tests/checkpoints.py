@@ -81,6 +81,12 @@ FIXTURES: dict[str, dict] = {
     "embedding-256": dict(
         kind="embedding", hidden_size=256, head_dim=128, intermediate_size=512, seed=2
     ),
+    # Sensitivity planted where no rule looks: block 1 of 3 (not an edge block, not one of
+    # llama.cpp's more-bits layers for 3 blocks), in ffn_gate/ffn_up, which no rule names.
+    "embedding-planted-256": dict(
+        kind="embedding", hidden_size=256, head_dim=128, intermediate_size=512, num_layers=3, seed=11,
+        outliers=dict(layer=1, channels=16, scale=200.0),
+    ),
     "reranker-tied-64": dict(
         kind="reranker", hidden_size=64, head_dim=32, intermediate_size=128, seed=3
     ),
@@ -372,6 +378,7 @@ def build_checkpoint(
     seed: int = 0,
     shards: int = 1,
     final_norm_scale: float = 1.0,
+    outliers: dict | None = None,
 ) -> Path:
     """Build a random-weight Qwen3 checkpoint of `kind` in `dest` and return `dest`.
 
@@ -379,6 +386,9 @@ def build_checkpoint(
     checkpoints a Qwen3ForCausalLM (with `lm_head.weight` when untied). Linear weights are
     N(0, 0.02); every RMSNorm weight is 1 + 0.1 N(0, 1), so swapped norms change the output.
     `final_norm_scale` multiplies the final norm's weight (a reranker's logits scale with it).
+    `outliers` = dict(layer=L, channels=C, scale=S) plants sensitivity as trained models carry it:
+    C channels of block L's post-attention norm ×S and the matching input columns of its gate and
+    up projections ÷S (the same function in exact arithmetic; S× the quantization error there).
     Deterministic in all arguments.
     """
     import torch
@@ -413,6 +423,8 @@ def build_checkpoint(
             param.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.02 * noise)
             if name in ("norm.weight", "model.norm.weight"):
                 param.mul_(final_norm_scale)
+        if outliers is not None:
+            _plant_outliers(model, **outliers)
     model.to(torch_dtype[dtype]).save_pretrained(dest, safe_serialization=True)
 
     # save_pretrained writes its own config.json (architectures ["Qwen3Model"] for the
@@ -422,6 +434,18 @@ def build_checkpoint(
         _reshard(dest, shards)
     write_tokenizer_files(dest, kind)
     return dest
+
+
+def _plant_outliers(model, *, layer: int, channels: int, scale: float) -> None:
+    """See build_checkpoint: channels spread over the width, so no block of 32 holds them all."""
+    params = dict(model.named_parameters())
+    prefix = "model." if "model.norm.weight" in params else ""
+    block = f"{prefix}layers.{layer}."
+    width = params[block + "post_attention_layernorm.weight"].shape[0]
+    picked = list(range(0, width, width // channels))[:channels]
+    params[block + "post_attention_layernorm.weight"][picked] *= scale
+    for projection in ("gate_proj", "up_proj"):
+        params[block + f"mlp.{projection}.weight"][:, picked] /= scale
 
 
 def _reshard(dest: Path, shards: int) -> None:

@@ -37,6 +37,11 @@ def embedding_ckpt_256(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedding_planted_ckpt(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "embedding-planted-256")
+
+
+@pytest.fixture(scope="session")
 def reranker_tied_ckpt(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "reranker-tied-64")
 
@@ -134,6 +139,11 @@ def embedding_gguf_64(converted, embedding_ckpt_64) -> Path:
 @pytest.fixture(scope="session")
 def embedding_gguf_256(converted, embedding_ckpt_256) -> Path:
     return converted(embedding_ckpt_256, "f32")
+
+
+@pytest.fixture(scope="session")
+def embedding_planted_gguf(converted, embedding_planted_ckpt) -> Path:
+    return converted(embedding_planted_ckpt, "f32")
 
 
 @pytest.fixture(scope="session")

@@ -43,9 +43,22 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("type_name", metavar="TYPE")
+@click.argument("type_name", metavar="[TYPE]", required=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="The GGUF to write (not needed with --dry-run).")
+@click.option("--target-bpw", type=float, metavar="B",
+              help="Search a type for every tensor: the most faithful file of at most B bits per weight.")
+@click.option("--target-size", metavar="SIZE", help="Search: the most faithful file of at most SIZE (400MiB, 1.2GB).")
+@click.option("--min-cosine", type=float, metavar="C",
+              help="Search (embedding models): the smallest file whose mean cosine to MODEL is at least C.")
+@click.option("--max-delta-p", type=float, metavar="D",
+              help="Search (rerankers): the smallest file whose mean |ΔP(yes)| to MODEL is at most D.")
+@click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Search: stop measuring further candidate types when this much time would be exceeded.")
+@click.option("--work-dir", type=click.Path(path_type=Path),
+              help="Search: where measurements are kept for later searches [default: .qwen3-gguf-search beside -o].")
+@click.option("--no-imatrix", is_flag=True,
+              help="Search without an importance matrix (none is collected; IQ types are not searched).")
 @click.option("--imatrix", "imatrix_file", type=click.Path(path_type=Path),
               help="Importance matrix (GGUF or legacy .dat), from `qwen3-gguf imatrix` or llama-imatrix.")
 @click.option("--recipe", metavar="NAME|FILE",
@@ -58,20 +71,35 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
 @click.option("--dry-run", is_flag=True, help="Print the per-tensor plan, size and bits per weight; write nothing.")
 @threads_option
 @click.pass_obj
-def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file: Path | None,
+def quantize(obj, model: Path, type_name: str | None, output: Path | None, target_bpw: float | None,
+             target_size: str | None, min_cosine: float | None, max_delta_p: float | None,
+             budget_minutes: float | None, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
              recipe: str | None, tensor_types: tuple[str, ...], output_tensor_type: str | None,
              token_embedding_type: str | None, dry_run: bool, threads: int | None) -> None:
-    """Quantize MODEL (an F32, F16 or BF16 GGUF) to TYPE with llama.cpp's own quantizer.
+    """Quantize MODEL (an F32, F16 or BF16 GGUF) to TYPE with llama.cpp's own quantizer, or
+    search a type for every tensor when a target is given (--target-bpw, --target-size,
+    --min-cosine, --max-delta-p).
 
     TYPE is a llama.cpp file type (Q4_K_M, Q8_0, IQ4_XS, ... case-insensitive) or a hybrid
     PRECISION_BASE such as bf16_q8_0 or f16_q4_k: the token embedding and output head stay at
-    PRECISION, the rest follows BASE. IQ1/IQ2/IQ3_XXS types need --imatrix.
+    PRECISION, the rest follows BASE. IQ1/IQ2/IQ3_XXS types need --imatrix. A searched recipe
+    (OUT.recipe.toml) names its own type: `quantize MODEL --recipe OUT.recipe.toml -o OUT.gguf`.
     """
     from ..quantization import plan_quantization, read_imatrix
     from ..quantization import quantize as run_plan
 
     if output is None and not dry_run:
         raise UserError("give the file to write with -o/--output (or look at the plan with --dry-run)")
+    search_options = (target_bpw, target_size, min_cosine, max_delta_p)
+    if any(value is not None for value in search_options):
+        if type_name or recipe or tensor_types or output_tensor_type or token_embedding_type or dry_run:
+            raise UserError("a search target chooses every tensor's type: drop TYPE, --recipe, --tensor-type, "
+                            "--output-tensor-type, --token-embedding-type and --dry-run")
+        if no_imatrix and imatrix_file is not None:
+            raise UserError("give --imatrix or --no-imatrix, not both")
+        _search(obj, model, output, target_bpw, target_size, min_cosine, max_delta_p, budget_minutes, work_dir,
+                no_imatrix, imatrix_file, threads)
+        return
     matrix = read_imatrix(imatrix_file) if imatrix_file is not None else None
     plan = plan_quantization(model, type_name, imatrix=matrix, recipe=recipe, tensor_types=tensor_types,
                              output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
@@ -109,11 +137,14 @@ def quantize(obj, model: Path, type_name: str, output: Path | None, imatrix_file
               "of a smaller model's].")
 @click.option("--mteb", "mteb_tasks", metavar="TASKS", help="Comma-separated MTEB tasks (or local task folders) "
               "scored on every file: each task's main score and its difference to the reference's.")
+@click.option("--searched", metavar="LIST", help="Comma-separated bits-per-weight targets (3.5,4.5,5.5): add a "
+              "searched file for each (as `quantize --target-bpw`).")
 @threads_option
 @click.pass_obj
 def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None, imatrix_file: Path | None,
           calibration: tuple[Path, ...], chunks: int | None, eval_file: Path | None, reference: str | None,
-          limit: int | None, max_tokens: int, dim: int | None, mteb_tasks: str | None, threads: int | None) -> None:
+          limit: int | None, max_tokens: int, dim: int | None, mteb_tasks: str | None, searched: str | None,
+          threads: int | None) -> None:
     """Build quants of SRC (a checkpoint folder or an unquantized GGUF) for every type and recipe,
     measure each against the reference on an evaluation set, and report size, fidelity and speed.
 
@@ -132,7 +163,7 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
         types=_names(types, "--types") or DEFAULT_TYPES, recipes=_names(recipes, "--recipes") or DEFAULT_RECIPES,
         imatrix=imatrix_file, calibration=calibration, imatrix_chunks=chunks, eval_file=eval_file,
         reference=reference.lower() if reference else None, limit=limit, max_tokens=max_tokens,
-        reduced_dim=dim, threads=threads, mteb_tasks=_names(mteb_tasks, "--mteb") or (),
+        reduced_dim=dim, threads=threads, mteb_tasks=_names(mteb_tasks, "--mteb") or (), searched=_targets(searched),
     )
     with progress_bar(total=count_steps(settings), enabled=True, unit="step", desc="sweep") as bar:
         result = run_sweep(src, out_dir, settings, say=lambda line: tqdm.write(line, file=sys.stderr),
@@ -143,6 +174,60 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
     if skipped:
         click.echo(f"pareto.png skipped: {skipped}", err=True)
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
+
+
+def _search(obj, model: Path, output: Path, target_bpw, target_size, min_cosine, max_delta_p, budget_minutes,
+            work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None, threads: int | None) -> None:
+    """quantize with a target: measure, choose, build OUT.gguf with its recipe and report."""
+    from ..atomic import ensure_writable
+    from ..gguf_file import read_model_file
+    from ..quantization import (
+        SearchSettings,
+        SearchTarget,
+        build_searched,
+        format_report,
+        read_imatrix,
+        search_quantization,
+    )
+    from ..quantization.search import searched_paths
+
+    target = SearchTarget(bits_per_weight=target_bpw, file_bytes=_bytes(target_size) if target_size else None,
+                          min_cosine=min_cosine, max_delta_p=max_delta_p)
+    read_model_file(model)
+    ensure_writable(output)
+    work_dir = work_dir or output.parent / ".qwen3-gguf-search"
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    settings = SearchSettings(imatrix=read_imatrix(imatrix_file) if imatrix_file is not None else None,
+                              collect_imatrix=not no_imatrix, budget_minutes=budget_minutes, threads=threads)
+    result = search_quantization(model, target, settings, work_dir=work_dir, say=say, show_progress=True,
+                                 verbose=obj.verbose)
+    result = build_searched(result, output, work_dir=work_dir, say=say, verbose=obj.verbose)
+    click.echo(format_report(result))
+    recipe_path, report_path = searched_paths(output)
+    click.echo(f"wrote {output} ({_mib(result.file_size)}), {recipe_path} and {report_path}", err=True)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _bytes(text: str) -> int:
+    """'400MiB' → 419430400; '1.2GB' → 1200000000."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise UserError(f"--target-size {text!r} is not a size such as 400MiB, 1.2GB or 350000000")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def _targets(value: str | None) -> list[float]:
+    targets = []
+    for name in _names(value, "--searched") or []:
+        try:
+            targets.append(float(name))
+        except ValueError:
+            raise UserError(f"--searched {name!r} is not a number of bits per weight (e.g. 3.5,4.5,5.5)") from None
+    return targets
 
 
 def _names(value: str | None, option: str) -> list[str] | None:

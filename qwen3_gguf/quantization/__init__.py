@@ -4,7 +4,8 @@ types (names: file types, tensor types, hybrids) · recipes (per-tensor rules ke
 llama_choice (what llama.cpp itself would choose) → plan (one type per tensor, checked before any
 work) → quantizer (llama.cpp's quantizer, run in llama_quantize's child process). imatrix collects
 the importance matrix on calibration text (text_records reads it). sweep builds a family of
-quants and measures them (evaluation runs the models, fidelity compares, report writes tables).
+quants and measures them (evaluation runs the models, fidelity compares, report writes tables);
+search chooses a type per tensor group by measuring the model (`quantize --target-bpw`).
 """
 
 from .imatrix import collect_imatrix, load_calibration
@@ -12,6 +13,8 @@ from .importance import ImportanceMatrix, read_imatrix, write_imatrix
 from .plan import QuantPlan, plan_quantization
 from .quantizer import QuantizeResult, quantize
 from .recipes import load_recipe, parse_type, recipe_names
+from .search import SearchResult, SearchSettings, SearchTarget, build_searched, format_report, search_quantization
 
 __all__ = ["ImportanceMatrix", "QuantPlan", "QuantizeResult", "collect_imatrix", "load_calibration", "load_recipe",
-           "parse_type", "plan_quantization", "quantize", "read_imatrix", "recipe_names", "write_imatrix"]
+           "parse_type", "plan_quantization", "quantize", "read_imatrix", "recipe_names", "write_imatrix",
+           "SearchResult", "SearchSettings", "SearchTarget", "build_searched", "format_report", "search_quantization"]

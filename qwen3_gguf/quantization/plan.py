@@ -27,7 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import UserError
 from ..gguf_file import ModelFile, TensorInfo, read_header, read_model_file
 from ..tensor_names import OUTPUT, TOKEN_EMBEDDING
-from .importance import ImportanceMatrix
+from .importance import ImportanceMatrix, read_imatrix
 from .llama_choice import ModelFacts, fit_rows, llama_choice, quantizable
 from .recipes import Recipe, RecipeBook, Rule, load_recipe, parse_type, recipe_book
 from .types import NEEDS_IMATRIX, UNQUANTIZED, FileType, QuantType, bits_per_weight, tensor_type
@@ -85,7 +85,7 @@ class QuantPlan:
         return tuple((f"^{re.escape(t.name)}$", int(t.type)) for t in self.tensors if t.chosen_by_llama)
 
 
-def plan_quantization(model: str | Path, type_name: str, *, imatrix: ImportanceMatrix | None = None,
+def plan_quantization(model: str | Path, type_name: str | None, *, imatrix: ImportanceMatrix | None = None,
                       recipe: str | Path | None = None, tensor_types: Sequence[str] = (),
                       output_tensor_type: str | None = None,
                       token_embedding_type: str | None = None) -> QuantPlan:
@@ -94,11 +94,20 @@ def plan_quantization(model: str | Path, type_name: str, *, imatrix: ImportanceM
     `tensor_types` are "REGEX=TYPE" strings, searched in the lower-cased tensor name, first
     match wins; they and the output/token-embedding types override the recipe. Any problem —
     unknown names, an IQ type without imatrix, an imatrix of another model, an input that is
-    already quantized — is a UserError here, before any work.
+    already quantized — is a UserError here, before any work. `type_name` may be None when the
+    recipe names its file type (a searched recipe does); its imatrix is read when none is given.
     """
-    quant_type = parse_type(type_name)
     book = recipe_book()
     chosen_recipe = load_recipe(recipe or "llama-default")
+    type_name = type_name or chosen_recipe.type_name
+    if type_name is None:
+        raise UserError("give the quantization TYPE (or a recipe that names its type, or a search target)")
+    quant_type = parse_type(type_name)
+    if imatrix is None and chosen_recipe.imatrix is not None:
+        if not chosen_recipe.imatrix.is_file():
+            raise UserError(f"recipe {chosen_recipe.name!r} was searched with the importance matrix "
+                            f"{chosen_recipe.imatrix}, which is missing")
+        imatrix = read_imatrix(chosen_recipe.imatrix)
     if chosen_recipe.keeps and quant_type.keep is None:
         raise UserError(f"recipe {chosen_recipe.name!r} keeps tensors at a hybrid's precision; "
                         f"use a hybrid type such as bf16_{quant_type.file_type.name.lower()}")
@@ -158,7 +167,7 @@ def _explicit_rules(tensor_types: Sequence[str], output_type: str | None, embedd
 class _Planner:
     def __init__(self, quant_type: QuantType, recipes: list[Recipe], explicit, model: ModelFacts, book: RecipeBook):
         self.quant_type, self.explicit, self.model, self.book = quant_type, explicit, model, book
-        self.rules = [(f"recipe {recipe.name} rule {i}", rule)
+        self.rules = [(f"recipe {recipe.name} rule {i}", rule, recipe.exact)
                       for recipe in recipes for i, rule in enumerate(recipe.rules, 1)]
 
     def plan(self, tensor: TensorInfo) -> TensorPlan:
@@ -185,12 +194,12 @@ class _Planner:
             if pattern.search(lowered):
                 chosen, note = fit_rows(wanted, tensor.shape[0])
                 return chosen, llama_type, why + note
-        for rule_name, rule in self.rules:
+        for rule_name, rule, exact in self.rules:
             if rule.applies(tensor, layer, self.model.n_layer, ft.base):
-                return self._by_rule(rule_name, rule, tensor, llama_type, llama_why)
+                return self._by_rule(rule_name, rule, exact, tensor, llama_type, llama_why)
         return llama_type, llama_type, llama_why
 
-    def _by_rule(self, rule_name: str, rule: Rule, tensor: TensorInfo, llama_type, llama_why: str):
+    def _by_rule(self, rule_name: str, rule: Rule, exact: bool, tensor: TensorInfo, llama_type, llama_why: str):
         ft = self.quant_type.file_type
         if rule.bump is not None:
             wanted = self.book.bump(ft.base, rule.bump)
@@ -199,7 +208,7 @@ class _Planner:
         else:
             wanted = self.quant_type.keep if rule.keep else rule.type
         chosen, note = fit_rows(wanted, tensor.shape[0])
-        if bits_per_weight(chosen) < bits_per_weight(llama_type):
+        if not exact and bits_per_weight(chosen) < bits_per_weight(llama_type):
             return llama_type, llama_type, f"{llama_why} (above {rule_name}'s {chosen.name})"
         return chosen, llama_type, f"{rule_name}: {rule.describe(self.quant_type.keep)}{note}"
 

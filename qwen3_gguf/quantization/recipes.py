@@ -69,9 +69,16 @@ def _edge_blocks(fraction: float, n_layer: int) -> int:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A named list of rules. A searched recipe (`exact = true`) gives every tensor its type as
+    written, even below llama.cpp's own choice, and may name the file type (`type`) and the
+    importance matrix (`imatrix`, relative to the recipe's folder) it was searched with."""
+
     name: str
     description: str
     rules: tuple[Rule, ...]
+    exact: bool = False
+    type_name: str | None = None
+    imatrix: Path | None = None
 
     @property
     def keeps(self) -> bool:
@@ -125,14 +132,25 @@ def load_recipe(name_or_file: str | Path) -> Recipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read recipe {path}: {exc}") from None
-    return _recipe(path.stem, data, str(path))
+    return _recipe(path.stem, data, str(path), folder=path.parent)
 
 
-def _recipe(name: str, body: dict, where: str) -> Recipe:
+def _recipe(name: str, body: dict, where: str, folder: Path | None = None) -> Recipe:
     if not isinstance(body.get("rules"), list):
         raise UserError(f"{where}: recipe {name!r} needs a list of rules (rules = [...])")
     rules = tuple(_rule(raw, f"{where}: recipe {name!r} rule {i + 1}") for i, raw in enumerate(body["rules"]))
-    return Recipe(name=name, description=str(body.get("description", "")), rules=rules)
+    exact = body.get("exact", False)
+    if not isinstance(exact, bool):
+        raise UserError(f"{where}: recipe {name!r}: 'exact' must be true or false")
+    type_name = body.get("type")
+    if type_name is not None and (not isinstance(type_name, str) or file_type_named(type_name.upper()) is None):
+        raise UserError(f"{where}: recipe {name!r}: 'type' must be a llama.cpp file type such as Q4_K_M")
+    imatrix = body.get("imatrix")
+    if imatrix is not None and (not isinstance(imatrix, str) or folder is None):
+        raise UserError(f"{where}: recipe {name!r}: 'imatrix' must be a file name beside the recipe")
+    return Recipe(name=name, description=str(body.get("description", "")), rules=rules, exact=exact,
+                  type_name=type_name.upper() if type_name else None,
+                  imatrix=folder / imatrix if imatrix is not None else None)
 
 
 def _rule(raw, where: str) -> Rule:

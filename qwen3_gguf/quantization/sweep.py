@@ -3,6 +3,8 @@
     SRC ─ convert once ─▶ DIR/<stem>-f32.gguf (the reference; a GGUF SRC is its own reference)
         ─ imatrix once ─▶ DIR/imatrix.gguf (unless one is given)
         ─ quantize ─────▶ DIR/<stem>-<type>-<recipe>.gguf for every type × recipe
+        ─ search ───────▶ DIR/<stem>-searched-<bpw>.gguf for every --searched target (measurements
+                          kept in DIR/search/, shared by the targets)
         ─ measure ──────▶ every file on the evaluation set, against the reference's outputs
         ─ MTEB (--mteb) ▶ every file's main score on MTEB tasks, and its difference to the reference's
         ─ report ───────▶ DIR/report.md, DIR/report.json, DIR/pareto.png
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..atomic import write_text_atomically
@@ -36,6 +38,7 @@ from .importance import read_imatrix, write_imatrix
 from .plan import plan_quantization
 from .quantizer import quantize
 from .recipes import load_recipe, parse_type
+from .search import SearchSettings, SearchTarget, build_searched, search_quantization
 
 DEFAULT_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ3_M", "IQ4_XS", "bf16_q8_0")
 DEFAULT_RECIPES = ("llama-default", "bump-edges")
@@ -46,6 +49,7 @@ MANIFEST = "sweep.json"
 IMATRIX_FILE = "imatrix.gguf"
 OUTPUTS_FOLDER = "outputs"      # what each file produced on the evaluation set, kept for re-runs
 MTEB_FOLDER = "mteb"            # mteb's results layout, and the embeddings cache under it
+SEARCH_FOLDER = "search"        # the searched files' measurements
 UNQUANTIZED_FILE_TYPES = ("F32", "F16", "BF16")
 
 
@@ -63,6 +67,8 @@ class SweepSettings:
     reduced_dim: int | None = None           # default: REDUCED_DIM, or half of a smaller model's
     threads: int | None = None
     mteb_tasks: Sequence[str] = ()           # MTEB task names (or local task folders) scored on every file
+    searched: Sequence[float] = ()           # bits-per-weight targets of searched files ...
+    search: SearchSettings = SearchSettings()  # ... searched so (the sweep's imatrix, threads, evaluation set)
 
 
 @dataclass
@@ -131,6 +137,9 @@ def run_sweep(src: str | Path, out_dir: str | Path, settings: SweepSettings = Sw
         rows.append(_build(reference.path, out_dir, type_name, recipe, matrix, rows, settings.threads,
                            lambda line, n=n: say(f"[{n}/{len(combinations)}] {line}")))
         step()
+    for bpw in settings.searched:
+        rows.append(_searched(reference.path, out_dir, bpw, matrix, settings, say, verbose))
+        step()
     _measure(rows, model.kind, evalset, settings, reduced_dim, out_dir, say, step)
     if mteb_tasks:
         _score_mteb(rows, mteb_tasks, out_dir, settings.threads, say, step)
@@ -152,6 +161,9 @@ def _check_settings(settings: SweepSettings) -> list[str]:
         raise UserError(f"imatrix not found: {settings.imatrix}")
     if settings.reference is not None and settings.reference not in REFERENCE_TYPES:
         raise UserError(f"--reference must be one of {', '.join(REFERENCE_TYPES)}, not {settings.reference!r}")
+    for bpw in settings.searched:
+        if not 1 < bpw <= 16:
+            raise UserError(f"--searched {bpw:g}: a bits-per-weight target is between 1 and 16")
     if settings.max_tokens < 16:
         raise UserError(f"--max-tokens must be at least 16, got {settings.max_tokens}")
     return recipes
@@ -230,7 +242,7 @@ def _score_mteb(rows: list[SweepFile], tasks, out_dir: Path, threads: int | None
 
 def count_steps(settings: SweepSettings) -> int:
     """Steps `run_sweep` reports: reference, imatrix, each build, each measurement (twice with --mteb)."""
-    n_files = len(settings.types) * len(settings.recipes)
+    n_files = len(settings.types) * len(settings.recipes) + len(settings.searched)
     return 2 + n_files + (1 + n_files) * (2 if settings.mteb_tasks else 1)
 
 
@@ -325,6 +337,25 @@ def _build(reference: Path, out_dir: Path, type_name: str, recipe: str, matrix, 
     else:
         say(f"build {row.label} → {path.name} ({plan.bits_per_weight:.2f} bits per weight)")
         row.built_s = quantize(plan, path, threads=threads).seconds
+    return row
+
+
+def _searched(reference: Path, out_dir: Path, bpw: float, matrix, settings: SweepSettings, say, verbose: bool):
+    """The searched file at `bpw` bits per weight, found in out_dir or searched and built."""
+    path = out_dir / f"{reference.stem.removesuffix('-f32').removesuffix('-bf16')}-searched-{bpw:g}bpw.gguf"
+    row = SweepFile(type_name=f"{bpw:g} bpw", recipe="searched", path=path)
+    if path.exists():
+        say(f"{row.label}: {path.name} already there")
+        return row
+    say(f"search {bpw:g} bits per weight → {path.name}")
+    started = time.perf_counter()
+    search_settings = replace(settings.search, imatrix=matrix, threads=settings.threads,
+                              eval_file=settings.eval_file, eval_limit=settings.limit)
+    result = search_quantization(reference, SearchTarget(bits_per_weight=bpw), search_settings,
+                                 work_dir=out_dir / SEARCH_FOLDER, say=say, verbose=verbose)
+    build_searched(result, path, work_dir=out_dir / SEARCH_FOLDER, say=say, verbose=verbose)
+    row.built_s = time.perf_counter() - started
+    row.planned = result.tensor_types
     return row
 
 
