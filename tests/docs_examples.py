@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,8 +187,9 @@ class PythonSession:
     """One Python process per page, so its examples share a namespace but not the test process's state."""
 
     def __init__(self, folder: Path, env: dict[str, str]):
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty library cannot fill it
         self._process = subprocess.Popen([sys.executable, "-c", _WORKER], cwd=folder, env=env, text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
 
     def run(self, step: Step) -> tuple[str, str | None]:
         self._process.stdin.write(json.dumps({"code": step.code, "where": step.where}) + "\n")
@@ -195,7 +197,8 @@ class PythonSession:
         answer = self._process.stdout.readline()
         if not answer:
             self._process.wait(COMMAND_TIMEOUT)
-            raise ExampleFailed(f"{step.where}: the page's Python process died:\n{self._process.stderr.read()}")
+            self._stderr.seek(0)
+            raise ExampleFailed(f"{step.where}: the page's Python process died:\n{self._stderr.read()}")
         answer = json.loads(answer)
         return answer["output"], answer["error"]
 
@@ -207,7 +210,7 @@ class PythonSession:
             self._process.kill()
             self._process.wait()
         self._process.stdout.close()
-        self._process.stderr.close()
+        self._stderr.close()
 
 
 def run_page(page: Path, folder: Path, env: dict[str, str]) -> int:

@@ -4,10 +4,83 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from docs_examples import ExampleFailed, matches, read_blocks, run_page
+from hub_cache import HubCache
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
+
+# The catalog names the pages use, and the tiny models that stand in for them in the offline hub cache.
+EMBEDDING_SOURCE = "Qwen/Qwen3-Embedding-0.6B"
+RERANKER_SOURCE = "Qwen/Qwen3-Reranker-0.6B"
+EMBEDDING_PUBLISHED = ("Qwen/Qwen3-Embedding-0.6B-GGUF", "Qwen3-Embedding-0.6B-Q8_0.gguf")
+RERANKER_PUBLISHED = ("ggml-org/Qwen3-Reranker-0.6B-Q8_0-GGUF", "qwen3-reranker-0.6b-q8_0.gguf")
+
+NOTES = {
+    "tides.md": "# Tides\n\nTides are caused mainly by the Moon's gravity pulling on the oceans.\n"
+                "Spring tides come when the Sun and the Moon line up.\n",
+    "bread.txt": "Sourdough bread rises because wild yeast and lactic acid bacteria ferment the dough.\n"
+                 "Bake it hot, with steam for the first twenty minutes.\n",
+    "solar.md": "# Solar panels\n\nSolar panels are made of silicon cells that turn sunlight into electricity.\n",
+    "garden/tomatoes.md": "# Tomatoes\n\nWater tomatoes deeply twice a week and stake them before they flower.\n",
+}
+
+
+class DocsWorld:
+    """What every page's folder starts with, and the environment its examples run in."""
+
+    def __init__(self, root: Path, embedding_gguf: Path, reranker_gguf: Path):
+        self.root = root
+        self.embedding_gguf = embedding_gguf
+        self.reranker_gguf = reranker_gguf
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "HF_HOME": str(root / "hf"),
+            "HF_HUB_CACHE": str(root / "hf" / "hub"),
+            "HF_HUB_OFFLINE": "1",
+            "NO_COLOR": "1",
+            "COLUMNS": "120",
+        }
+
+    def page_env(self, builds: Path) -> dict[str, str]:
+        """The environment of one page's examples: its own build cache, so no page sees another's builds."""
+        return {**self.env, "QWEN3_GGUF_BUILD_CACHE": str(builds)}
+
+    def page_folder(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.embedding_gguf, folder / "embedding.gguf")
+        shutil.copyfile(self.reranker_gguf, folder / "reranker.gguf")
+        for name, text in NOTES.items():
+            (folder / "notes" / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / "notes" / name).write_text(text, encoding="utf-8")
+        return folder
+
+
+@pytest.fixture(scope="session")
+def docs_world(tmp_path_factory, converted, embedding_ckpt_256, reranker_wide_tied_ckpt) -> DocsWorld:
+    root = tmp_path_factory.mktemp("docs-world")
+    hub = HubCache(root / "hf" / "hub")
+    hub.add_checkpoint(EMBEDDING_SOURCE, embedding_ckpt_256)
+    hub.add_checkpoint(RERANKER_SOURCE, reranker_wide_tied_ckpt)
+    hub.add(*EMBEDDING_PUBLISHED, converted(embedding_ckpt_256, "q8_0"))
+    hub.add(*RERANKER_PUBLISHED, converted(reranker_wide_tied_ckpt, "q8_0"))
+    return DocsWorld(root, converted(embedding_ckpt_256, "f32"), converted(reranker_wide_tied_ckpt, "f32"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(REPO)) for page in PAGES])
+def test_page_examples_run(page: Path, docs_world: DocsWorld, tmp_path: Path):
+    try:
+        run_page(page, docs_world.page_folder(tmp_path / "page"), docs_world.page_env(tmp_path / "builds"))
+    except ExampleFailed as failure:
+        pytest.fail(str(failure), pytrace=False)
+
 
 # --- the runner itself: it must be able to fail --------------------------------------------------------
 
