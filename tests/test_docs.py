@@ -49,9 +49,10 @@ class DocsWorld:
             "COLUMNS": "120",
         }
 
-    def page_env(self, builds: Path) -> dict[str, str]:
-        """The environment of one page's examples: its own build cache, so no page sees another's builds."""
-        return {**self.env, "QWEN3_GGUF_BUILD_CACHE": str(builds)}
+    def page_env(self, home: Path) -> dict[str, str]:
+        """The environment of one page's examples: its own build cache and data folder (named collections), so no
+        page sees another's files, nor the machine's."""
+        return {**self.env, "QWEN3_GGUF_BUILD_CACHE": str(home / "builds"), "XDG_DATA_HOME": str(home / "data")}
 
     def page_folder(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def docs_world(tmp_path_factory, converted, embedding_ckpt_256, reranker_wide_ti
 @pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(REPO)) for page in PAGES])
 def test_page_examples_run(page: Path, docs_world: DocsWorld, tmp_path: Path):
     try:
-        run_page(page, docs_world.page_folder(tmp_path / "page"), docs_world.page_env(tmp_path / "builds"))
+        run_page(page, docs_world.page_folder(tmp_path / "page"), docs_world.page_env(tmp_path / "home"))
     except ExampleFailed as failure:
         pytest.fail(str(failure), pytrace=False)
 
