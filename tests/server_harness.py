@@ -54,21 +54,23 @@ class ThreadServer:
 
 
 class ServeProcess:
-    """`qwen3-gguf serve ARGS --port <free>` in a child process, stopped with SIGTERM (then killed).
+    """`qwen3-gguf serve ARGS --port <free>` in a child process (in `cwd`, the repository by default), stopped
+    with SIGTERM (then killed).
 
     `prelude` is Python run in the child before the CLI (a test's hook)."""
 
-    def __init__(self, *args: str, env: dict | None = None, prelude: str = ""):
+    def __init__(self, *args: str, env: dict | None = None, prelude: str = "", cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cli = [sys.executable, "-c", f"{prelude}\nfrom qwen3_gguf.cli import cli; cli()"]
         self.command = [*cli, "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd or Path(__file__).resolve().parent.parent
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> ServeProcess:
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=self.env, cwd=Path(__file__).resolve().parent.parent)
+                                        env=self.env, cwd=self.cwd)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
