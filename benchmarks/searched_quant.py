@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "tests"))
+from common import BENCH, CACHE, MIB, build_models  # also puts the checkout and tests/ on sys.path
 
-CACHE = BENCH / ".cache"
+from qwen3_gguf.atomic import write_text_atomically
+
 STOCK = ("Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K")
 RECIPES = ("llama-default", "bump-edges")
 TARGETS = (3.5, 4.5, 5.5, 6.5)
-MIB = 1 << 20
 
 
 def model_gguf(name: str) -> Path:
@@ -43,9 +41,7 @@ def model_gguf(name: str) -> Path:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     if name == "0.6b":
-        import run as bench
-
-        return bench.build_models(lambda line: print(line, file=sys.stderr))["f16"]
+        return build_models(lambda line: print(line, file=sys.stderr))["f16"]
     from checkpoints import FIXTURES, build_checkpoint
 
     out = CACHE / "embedding-planted-256-f32.gguf"
@@ -92,8 +88,8 @@ def main() -> None:
                           "" if r["built_s"] is None else f"{r['built_s']:.0f}",
                           "" if ratio is None else f"{ratio:.2f}"]))
     out = BENCH / f"searched_quant-{args.model}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps({"model": str(source), "eval": result.eval_name, "rows": rows,
-                               "seconds": time.perf_counter() - started}, indent=2) + "\n")
+    write_text_atomically(out, json.dumps({"model": str(source), "eval": result.eval_name, "rows": rows,
+                                               "seconds": time.perf_counter() - started}, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
 
