@@ -16,7 +16,6 @@ next call starts again after the last finished step.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import sys
@@ -33,6 +32,7 @@ from .catalog import CatalogEntry, build_paths, did_you_mean, is_model_path, loo
 from .convert import convert_checkpoint
 from .data import calibration_file
 from .errors import UserError
+from .gguf_file import file_sha256
 from .progress import size_text
 from .quantization import (
     collect_imatrix,
@@ -284,7 +284,7 @@ def _manifest(entry: CatalogEntry, files: hub.CheckpointFiles, converted: Path, 
             "datasets": list(imatrix.datasets), "chunks": imatrix.chunk_count, "chunk_tokens": imatrix.chunk_size},
         "bits_per_weight": round(plan.bits_per_weight, 4),
         "size": gguf.stat().st_size,
-        "sha256": _sha256(gguf),
+        "sha256": file_sha256(gguf),
         "qwen3_gguf_version": metadata.version("qwen3-gguf"),
         "llama_cpp_python_version": metadata.version("llama-cpp-python"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -330,10 +330,3 @@ def _unlink(path: Path) -> int:
     path.unlink()
     return size
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -15,7 +15,7 @@ ALLOWED = {
     "embed": {"runtime", "catalog", "errors", "gguf_file", "limits", "progress", "prompts"},
     "rerank": {"runtime", "catalog", "errors", "gguf_file", "limits", "progress", "prompts", "embed"},
     "files": {"errors", "atomic", "catalog", "gguf_file", "limits", "prompts", "embed", "progress"},
-    "mteb_tasks": {"errors", "atomic", "hub", "limits", "progress", "prompts", "embed", "rerank"},
+    "mteb_tasks": {"errors", "atomic", "gguf_file", "hub", "limits", "progress", "prompts", "embed", "rerank"},
     "quantization": {"runtime", "errors", "atomic", "data", "gguf_file", "progress", "prompts", "tensor_names",
                      "limits", "embed", "rerank", "convert", "mteb_tasks"},
     "integrations": {"builds", "embed", "rerank", "errors", "limits", "prompts"},

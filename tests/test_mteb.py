@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from qwen3_gguf import Embedder
 from qwen3_gguf.cli import cli
+from qwen3_gguf.gguf_file import file_sha256
 from qwen3_gguf.mteb_tasks import GGUFEncoder, resolve_tasks, run_tasks
-from qwen3_gguf.mteb_tasks.cache import file_sha256
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
 
 TOPICS = {

@@ -14,14 +14,6 @@ import numpy as np
 from ..atomic import atomic_path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class EmbeddingCache:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)

@@ -16,11 +16,12 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
 from ..embed import Embedder
+from ..gguf_file import file_sha256
 from ..limits import check_dim
 from ..progress import progress_bar
 from ..prompts import DEFAULT_INSTRUCTION, query_text
 from ..rerank import Reranker
-from .cache import EmbeddingCache, file_sha256
+from .cache import EmbeddingCache
 
 
 def task_instruction(task_metadata, mapping: Mapping[str, str] | None) -> str:

@@ -31,7 +31,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..atomic import TEMPORARY_SUFFIX, atomic_paths, write_text_atomically
 from ..data import calibration_file
 from ..errors import UserError
-from ..gguf_file import read_header, read_model_file
+from ..gguf_file import file_sha256, read_header, read_model_file
 from ..progress import progress_bar
 from .evaluation import EvalSet, ModelOutputs, load_eval_set, run_model
 from .fidelity import embedding_fidelity, reranker_fidelity
@@ -439,13 +439,6 @@ def _settings_key(settings: SearchSettings) -> str:
     digest.update(calibration_file().read_bytes())
     return digest.hexdigest()[:12]
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- plans and groups --------------------------------------------------------------------------------
