@@ -172,7 +172,7 @@ EMBEDDING = "embedding-256"
 def fidelity() -> dict:
     """The issue's table: every setting on the F32 files, against transformers."""
     from qwen3_gguf import Embedder, Reranker
-    from qwen3_gguf.runtime.precision import numerics_for
+    from qwen3_gguf.runtime.precision import RERANKER, numerics_for
 
     expected = {name: oracle_scores(checkpoint(name)) for name in RERANKERS}
     expected_embeddings = oracle_embeddings(checkpoint(EMBEDDING))
@@ -186,7 +186,7 @@ def fidelity() -> dict:
                 if numerics is not None:
                     with_numerics(reranker, numerics, reuse_prefix=reuse)
                 else:
-                    row["setting"] = f"defaults ({numerics_for(reranker.loaded_model.file_type)})"
+                    row["setting"] = f"defaults ({numerics_for(reranker.loaded_model.file_type, kind=RERANKER)})"
                 delta = max(delta, float(np.max(np.abs(rerank_scores(reranker) - expected[name]))))
         row["max_abs_dp_yes"] = delta
         with Embedder(gguf(EMBEDDING, "f32"), device="cpu", reuse_prefix=reuse) as embedder:
@@ -201,9 +201,9 @@ def fidelity() -> dict:
 def types(file_types: list[str]) -> dict:
     """Per file type: its own error, and what llama.cpp's defaults add on top on the same file."""
     from qwen3_gguf import Embedder, Reranker
-    from qwen3_gguf.runtime.precision import EXACT, GGML_TYPE_F16, Numerics, numerics_for
+    from qwen3_gguf.runtime.precision import EXACT, FAST, RERANKER, numerics_for
 
-    fast = Numerics(kv_type=GGML_TYPE_F16, flash_attn=True)
+    fast = FAST
     expected = {name: oracle_scores(checkpoint(name)) for name in RERANKERS}
     expected_embeddings = oracle_embeddings(checkpoint(EMBEDDING))
     rows = []
@@ -216,7 +216,7 @@ def types(file_types: list[str]) -> dict:
                     if numerics is not None:
                         with_numerics(reranker, numerics, reuse_prefix=True)
                     else:
-                        row["policy"] = str(numerics_for(reranker.loaded_model.file_type))
+                        row["policy"] = str(numerics_for(reranker.loaded_model.file_type, kind=RERANKER))
                     runs[label] = rerank_scores(reranker)
             row["own_dp"] = max(row["own_dp"], float(np.max(np.abs(runs["exact"] - expected[name]))))
             row["added_dp"] = max(row["added_dp"], float(np.max(np.abs(runs["fast"] - runs["exact"]))))

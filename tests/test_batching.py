@@ -105,7 +105,7 @@ def test_context_grows_only_when_needed(embedding_gguf_64):
     short = [list(rng.integers(100, 1000, 20)) for _ in range(3)]
     runner.run(short)
     first = runner.context
-    assert first.settings.n_ctx == MIN_PIECE_TOKENS and first.settings.flash_attn == runner.numerics.flash_attn
+    assert first.settings.n_ctx == MIN_PIECE_TOKENS and first.settings.flash_attn == runner.numerics_for(20).flash_attn
     runner.run(short)
     assert runner.context is first
     runner.run([list(rng.integers(100, 1000, 1500))])

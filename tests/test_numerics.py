@@ -16,7 +16,7 @@ from tolerances import EMBEDDING_FLOORS, PREFIX_REUSE_TOLERANCE, RERANK_TOLERANC
 
 from qwen3_gguf import Embedder, Reranker
 from qwen3_gguf.prompts import DEFAULT_INSTRUCTION
-from qwen3_gguf.runtime.precision import EXACT, EXACT_FILE_TYPES, numerics_for
+from qwen3_gguf.runtime.precision import EMBEDDING, EXACT, EXACT_FILE_TYPES, RERANKER, numerics_for
 
 QUERY = "What is the capital of France?"
 INSTRUCTION = "Judge whether the document answers a geography question"
@@ -120,15 +120,17 @@ def test_exact_files_get_exact_numerics(embedder_256, wide):
     reranker, _ = wide
     embedder_256.encode("a")
     reranker.score(QUERY, DOCUMENTS[:1])
-    assert embedder_256.runner.numerics == EXACT
-    assert reranker.runner.numerics == EXACT
+    for n_tokens in (1, 8192):
+        assert embedder_256.runner.numerics_for(n_tokens) == EXACT
+        assert reranker.runner.numerics_for(n_tokens) == EXACT
     assert reranker.runner.context.settings.kv_type == EXACT.kv_type
     assert not reranker.runner.context.settings.flash_attn
 
 
 def test_policy_by_file_type():
-    for file_type in EXACT_FILE_TYPES:
-        assert numerics_for(file_type) == EXACT
-    assert numerics_for(None) == EXACT  # a file that does not say is treated as exact
-    # F16 KV + flash attention added 86% of Q8_0's own error in P(yes), far over the 10% budget.
-    assert numerics_for(LlamaFileType.MOSTLY_Q8_0) == EXACT
+    for kind in (EMBEDDING, RERANKER):
+        for file_type in EXACT_FILE_TYPES:
+            assert numerics_for(file_type, kind=kind) == EXACT
+        assert numerics_for(None, kind=kind) == EXACT  # a file that does not say is treated as exact
+        # F16 KV + flash attention added 86% of Q8_0's own error in P(yes), far over the 10% budget.
+        assert numerics_for(LlamaFileType.MOSTLY_Q8_0, kind=kind) == EXACT

@@ -17,7 +17,7 @@ import numpy as np
 
 from .context import FA_TILE_ROWS, POOLING_RANK, ContextSettings, PooledContext, common_prefix_length
 from .model import LlamaModel
-from .precision import Numerics, numerics_for
+from .precision import EMBEDDING, RERANKER, Numerics, numerics_for
 
 # The policy, chosen by measurement: the numbers are in benchmarks/results.md ("Batching policy").
 # Inputs sorted by length; up to PACK_TOKENS tokens packed, up to DEFAULT_MAX_SEQUENCES to a decode;
@@ -75,22 +75,32 @@ class PooledRunner:
 
     def __init__(self, model: LlamaModel, *, pooling: int, threads: int,
                  batch_tokens: int = DEFAULT_BATCH_TOKENS, max_sequences: int = DEFAULT_MAX_SEQUENCES,
-                 pack_tokens: int = PACK_TOKENS, numerics: Numerics | None = None, reuse_prefix: bool = True):
+                 pack_tokens: int = PACK_TOKENS, numerics: Numerics | None = None, reuse_prefix: bool = True,
+                 op_timer=None):
         self.model = model
         self.pooling = pooling
         self.threads = threads
         self.batch_tokens = batch_tokens
         self.max_sequences = max_sequences
         self.pack_tokens = pack_tokens
-        self.numerics = numerics or numerics_for(model.file_type)  # KV type, flash attention: precision.py
+        self.fixed_numerics = numerics  # None: precision.py's policy, by model kind, file type and length
         self.reuse_prefix = reuse_prefix
+        self.op_timer = op_timer  # an op_profile.OpTimer: time every graph node (benchmarks/profile_documents.py)
         self.n_out = model.n_cls_out if pooling == POOLING_RANK else model.n_embd
+        self._contexts: dict[Numerics, PooledContext] = {}
         self._context: PooledContext | None = None
 
     @property
     def context(self) -> PooledContext | None:
-        """The context the last run used (None before the first run)."""
+        """The context the last decode used (None before the first run)."""
         return self._context
+
+    def numerics_for(self, n_tokens: int) -> Numerics:
+        """The KV cache type and flash attention for an input of `n_tokens` (prefix included)."""
+        if self.fixed_numerics is not None:
+            return self.fixed_numerics
+        kind = RERANKER if self.pooling == POOLING_RANK else EMBEDDING
+        return numerics_for(self.model.file_type, kind=kind, n_tokens=n_tokens)
 
     def run(self, sequences: Sequence[list[int]], *, shared_prefix: Sequence[int] | None = None,
             progress=None) -> np.ndarray:
@@ -110,36 +120,38 @@ class PooledRunner:
         for pack in plan_packs(lengths, self.pack_tokens, self.max_sequences):
             # With a prefix, each input of a short pack may re-decode up to FA_TILE_ROWS prefix tokens.
             extra = (len(pack) - 1) * FA_TILE_ROWS if n_shared else 0
-            context = self._context_for(n_shared + sum(lengths[i] for i in pack) + extra)
+            numerics = self.numerics_for(n_shared + max(lengths[i] for i in pack))
+            context = self._context_for(n_shared + sum(lengths[i] for i in pack) + extra, numerics)
             context.hold_prefix(prefix)
             out[pack] = context.pooled([own[i] for i in pack])
             if progress is not None:
                 progress.update(len(pack))
         return out
 
-    def _context_for(self, n_tokens: int) -> PooledContext:
-        """The current context if it holds `n_tokens`, otherwise a larger one."""
-        if self._context is not None and self._context.settings.n_ctx >= n_tokens:
-            return self._context
-        n_ctx = SMALLEST_CONTEXT
-        n_batch = max(self.batch_tokens, self.pack_tokens, MIN_PIECE_TOKENS)
-        while n_ctx < max(n_tokens, n_batch):
-            n_ctx *= 2
-        if self._context is not None:
-            self._context.close()
-            self._context = None
-        self._context = PooledContext(self.model, ContextSettings(
-            pooling=self.pooling,
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_seq_max=self.max_sequences,
-            threads=self.threads,
-            flash_attn=self.numerics.flash_attn,
-            kv_type=self.numerics.kv_type,
-        ))
-        return self._context
+    def _context_for(self, n_tokens: int, numerics: Numerics) -> PooledContext:
+        """The context of these numerics if it holds `n_tokens`, otherwise a larger one."""
+        context = self._contexts.get(numerics)
+        if context is None or context.settings.n_ctx < n_tokens:
+            n_ctx = SMALLEST_CONTEXT
+            n_batch = max(self.batch_tokens, self.pack_tokens, MIN_PIECE_TOKENS)
+            while n_ctx < max(n_tokens, n_batch):
+                n_ctx *= 2
+            if context is not None:
+                context.close()
+            self._contexts[numerics] = context = PooledContext(self.model, ContextSettings(
+                pooling=self.pooling,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_seq_max=self.max_sequences,
+                threads=self.threads,
+                flash_attn=numerics.flash_attn,
+                kv_type=numerics.kv_type,
+            ), op_timer=self.op_timer)
+        self._context = context
+        return context
 
     def close(self) -> None:
-        if self._context is not None:
-            self._context.close()
-            self._context = None
+        for context in self._contexts.values():
+            context.close()
+        self._contexts.clear()
+        self._context = None

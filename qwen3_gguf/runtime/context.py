@@ -105,7 +105,7 @@ class PooledContext:
     llama.cpp does for Qwen3. With another eval callback (the imatrix observer) llama.cpp pools.
     """
 
-    def __init__(self, model: LlamaModel, settings: ContextSettings, *, eval_callback=None):
+    def __init__(self, model: LlamaModel, settings: ContextSettings, *, eval_callback=None, op_timer=None):
         params = llama.llama_context_default_params()
         params.n_ctx = settings.n_ctx
         params.n_batch = settings.n_batch
@@ -123,11 +123,13 @@ class PooledContext:
         if eval_callback is None and (settings.pooling == POOLING_LAST or self._head is not None):
             self._tap = _FinalHiddenStates(model.n_embd)
             eval_callback = self._tap.callback
+        if op_timer is not None:  # times every node, then lets the tap (if any) decide as before
+            eval_callback = op_timer.callback_around(self._tap.observe if self._tap is not None else None)
         # Where llama.cpp pools, it needs an embedding context (every token an output). Where the
         # tap pools, only the pooled rows are outputs: see _FinalHiddenStates.
         params.embeddings = self._tap is None
         params.pooling_type = settings.pooling
-        if eval_callback is not None:  # sees every graph node: MatMulInputObserver, _FinalHiddenStates
+        if eval_callback is not None:  # sees every graph node: MatMulInputObserver, _FinalHiddenStates, OpTimer
             params.cb_eval = eval_callback
         self._eval_callback = eval_callback  # ctypes callbacks must outlive the context
         self._ctx = llama.llama_init_from_model(model._model, params)
@@ -296,14 +298,14 @@ class _FinalHiddenStates:
         self._n_outputs = 0
         self._seen = False
         self._pending: BaseException | None = None
-        self.callback = llama.ggml_backend_sched_eval_callback(self._observe)
+        self.callback = llama.ggml_backend_sched_eval_callback(self.observe)
 
     def expect(self, n_outputs: int) -> None:
         """The next decode has `n_outputs` output rows; the final hidden states hold just those."""
         self._n_outputs, self._seen = n_outputs, False
         self.rows = np.empty((n_outputs, self.n_embd), dtype=np.float32)
 
-    def _observe(self, node_address, ask, user_data) -> bool:  # noqa: ARG002 - ctypes signature
+    def observe(self, node_address, ask, user_data) -> bool:  # noqa: ARG002 - ctypes signature
         try:
             node = GGMLTensor.from_address(node_address)
             if node.name != FINAL_HIDDEN:

@@ -1,13 +1,18 @@
-"""The engine's own numerics, chosen from the file's precision: KV cache type and flash attention.
+"""The engine's own numerics, chosen per model kind, file type and input length: KV cache type and
+flash attention.
 
 The weights set how exact a file can be; the engine must not add error they do not have.
 llama.cpp's defaults do: its F16 KV cache rounds every key and value (and, without flash
 attention, the queries and attention weights they meet), and its flash attention casts an F32
 cache to F16 and, on decodes of fewer than 64 rows on the CPU, accumulates in F16 as well.
 So files whose weights are exact (F32, F16, BF16) get an F32 cache without flash attention.
-Quantized files may trade exactness for speed only where the error added stays under a tenth
-of the file's own quantization error; the F16 cache with flash attention added more at Q8_0
-and Q4_K_M, so they get the exact numerics too. Numbers: benchmarks/results.md ("Numerics").
+
+A quantized file may run with the fast numerics (F16 cache, flash attention) where the error they
+add stays within a tenth of the file's own quantization error, measured separately for embeddings
+and rerankers (the budget is checked per kind and type by tests/test_numerics_policy.py), and only
+for inputs long enough for attention to cost something: below FAST_FROM_TOKENS the exact path is
+within a few percent of the fast one, so short inputs keep it. Numbers: benchmarks/results.md
+("Numerics") and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from gguf import LlamaFileType
 from .ggml import GGML_TYPE_F16, GGML_TYPE_F32
 
 KV_TYPE_NAMES = {GGML_TYPE_F32: "F32", GGML_TYPE_F16: "F16"}
+EMBEDDING, RERANKER = "embedding", "reranker"
 
 EXACT_FILE_TYPES = frozenset({LlamaFileType.ALL_F32, LlamaFileType.MOSTLY_F16, LlamaFileType.MOSTLY_BF16})
 
@@ -31,13 +37,31 @@ class Numerics:
     def __str__(self) -> str:
         return f"KV {KV_TYPE_NAMES[self.kv_type]}, flash attention {'on' if self.flash_attn else 'off'}"
 
+    @property
+    def short(self) -> str:
+        return f"kv-{KV_TYPE_NAMES[self.kv_type].lower()} {'fa' if self.flash_attn else 'no-fa'}"
+
 
 EXACT = Numerics(kv_type=GGML_TYPE_F32, flash_attn=False)
-QUANTIZED = EXACT  # F16 KV + flash attention missed the 10% budget at Q8_0 and Q4_K_M: benchmarks/results.md
+FAST = Numerics(kv_type=GGML_TYPE_F16, flash_attn=True)
+
+# The file types whose own error is at least ten times what FAST adds, per model kind.
+FAST_FILE_TYPES = {
+    EMBEDDING: frozenset({
+        LlamaFileType.MOSTLY_Q4_K_M, LlamaFileType.MOSTLY_Q4_K_S, LlamaFileType.MOSTLY_Q4_0,
+        LlamaFileType.MOSTLY_Q3_K_L, LlamaFileType.MOSTLY_Q3_K_M, LlamaFileType.MOSTLY_Q3_K_S,
+        LlamaFileType.MOSTLY_Q2_K, LlamaFileType.MOSTLY_IQ4_NL, LlamaFileType.MOSTLY_IQ4_XS,
+    }),
+    RERANKER: frozenset(),
+}
+FAST_FROM_TOKENS = 256
 
 
-def numerics_for(file_type: int | None) -> Numerics:
-    """The KV cache type and flash-attention setting for a file of this llama_ftype (None: unknown)."""
-    if file_type is None or file_type in EXACT_FILE_TYPES:
+def numerics_for(file_type: int | None, *, kind: str = EMBEDDING, n_tokens: int | None = None) -> Numerics:
+    """The KV cache type and flash-attention setting for an input of `n_tokens` (None: a long one)
+    to a `kind` model stored as llama_ftype `file_type` (None: unknown, treated as exact)."""
+    if file_type is None or file_type not in FAST_FILE_TYPES[kind]:
         return EXACT
-    return QUANTIZED
+    if n_tokens is not None and n_tokens < FAST_FROM_TOKENS:
+        return EXACT
+    return FAST
