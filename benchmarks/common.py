@@ -457,6 +457,22 @@ def cpu_name() -> str:
     return cpu
 
 
+def cpu_kind() -> str:
+    """The CPU's name with its family/model and widest vector extension: what decides the kernels."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return cpu_name()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = ("AVX-512" if "avx512f" in flags else "AVX2 (no AVX-512)" if "avx2" in flags else "no AVX2")
+    extra = [name for flag, name in (("amx_tile", "AMX"), ("avx512_vnni", "VNNI"), ("avx_vnni", "AVX-VNNI"))
+             if flag in flags]
+    return (f"{cpu_name()}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            + " + ".join([vector, *extra]))
+
+
 def machine_meta(args, inputs: dict, tokens: dict) -> dict:
     """The machine, settings and inputs of a peers.py or quant_types.py run, for its report."""
     lengths = inputs["document_tokens"]

@@ -18,8 +18,8 @@ file, and the fast ones: F16 KV cache with flash attention), one document per le
 unprofiled (its wall time) and then with runtime/op_profile.py's OpTimer, which times every graph
 node (each weight matmul by tensor family, attention's Q·K, softmax and ·V, norms, RoPE, KV writes,
 the rest); "graph, threads, Python" is the unprofiled wall time minus the sum of the nodes.
-Settings alternate within each repetition; medians of `--runs`. Prints a table per length and
-writes benchmarks/profile_ops.json.
+Settings alternate within each repetition; medians of `--runs`. Prints a table per length, writes
+benchmarks/profile_ops.json and the "profile-ops" section of benchmarks/results.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, EOS, Engine, cpu_name, layered_models, log
+from common import BENCH, EOS, Engine, cpu_kind, layered_models, log, write_section
 
 from qwen3_gguf.atomic import write_text_atomically
 
@@ -131,7 +131,7 @@ def profile_ops(args) -> None:
         for numerics in (EXACT, FAST):
             engines[f"{file_type} {numerics.short}"] = ProfiledEngine(model, numerics, args.threads)
     rng = np.random.default_rng(0)
-    results = {"layers": args.layers, "threads": args.threads, "runs": args.runs, "cpu": cpu_name(),
+    results = {"layers": args.layers, "threads": args.threads, "runs": args.runs, "cpu": cpu_kind(),
                "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "lengths": {}}
     for length in lengths:
         tokens = [int(t) for t in rng.integers(100, 150000, length - 1)] + [EOS]
@@ -153,7 +153,9 @@ def profile_ops(args) -> None:
             log(f"{length} tokens, {name}: {length / wall:.1f} tok/s")
         results["lengths"][str(length)] = table
     write_text_atomically(OPS_OUT, json.dumps(results, indent=1) + "\n")
-    print(ops_tables(results))
+    tables = ops_tables(results)
+    write_section("profile-ops", "### Where one document's time goes, per operation\n\n" + tables)
+    print(tables)
 
 
 def ops_tables(results: dict) -> str:

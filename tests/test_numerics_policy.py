@@ -41,10 +41,9 @@ def type_name(file_type: LlamaFileType) -> str:
     return next(name for name, info in FILE_TYPES.items() if info.ftype == file_type)
 
 
-def quantized(source, file_type, folder) -> str:
+def quantized(source, file_type, folder):
     out = folder / f"{type_name(file_type)}.gguf"
-    if not out.is_file():
-        quantize(plan_quantization(source, type_name(file_type)), out)
+    quantize(plan_quantization(source, type_name(file_type)), out)
     return out
 
 
@@ -52,11 +51,21 @@ def cases(kind):
     return [pytest.param(t, id=type_name(t)) for t in sorted(FAST_FILE_TYPES[kind])]
 
 
+@pytest.fixture(scope="module")
+def expected_embeddings(embedding_oracle_256):
+    return embedding_oracle_256.embed(DOCUMENTS)
+
+
+@pytest.fixture(scope="module")
+def expected_scores(reranker_oracle_wide_tied):
+    return np.array([reranker_oracle_wide_tied.score(QUERY, [d])[0] for d in DOCUMENTS])
+
+
 @pytest.mark.parametrize("file_type", cases(EMBEDDING))
-def test_fast_embeddings_add_under_a_tenth_of_the_files_error(file_type, embedding_gguf_256, embedding_oracle_256,
-                                                               tmp_path_factory):
-    path = quantized(embedding_gguf_256, file_type, tmp_path_factory.mktemp("policy"))
-    expected = embedding_oracle_256.embed(DOCUMENTS)
+def test_fast_embeddings_add_under_a_tenth_of_the_files_error(file_type, embedding_gguf_256, expected_embeddings,
+                                                               tmp_path):
+    path = quantized(embedding_gguf_256, file_type, tmp_path)
+    expected = expected_embeddings
     with Embedder(path, device="cpu") as embedder:
         assert min(len(embedder.tokenize(d)[0]) for d in DOCUMENTS) >= FAST_FROM_TOKENS
         embedder.encode(DOCUMENTS)
@@ -72,9 +81,9 @@ def test_fast_embeddings_add_under_a_tenth_of_the_files_error(file_type, embeddi
 
 @pytest.mark.parametrize("file_type", cases(RERANKER))
 def test_fast_reranker_scores_add_under_a_tenth_of_the_files_error(file_type, reranker_wide_tied_gguf,
-                                                                    reranker_oracle_wide_tied, tmp_path_factory):
-    path = quantized(reranker_wide_tied_gguf, file_type, tmp_path_factory.mktemp("policy"))
-    expected = np.array([reranker_oracle_wide_tied.score(QUERY, [d])[0] for d in DOCUMENTS])
+                                                                    expected_scores, tmp_path):
+    path = quantized(reranker_wide_tied_gguf, file_type, tmp_path)
+    expected = expected_scores
     with Reranker(path, device="cpu") as reranker:
         fast = reranker.score(QUERY, DOCUMENTS)
         assert reranker.runner.context.settings.flash_attn
