@@ -218,6 +218,19 @@ def test_terms_in_half_the_chunks_or_more_weigh_nothing(tmp_path):
             [("the river", 0), ("the stone river", 0), ("river delta", 0)]
 
 
+def test_hybrid_is_the_same_whether_keywords_are_ranked_in_a_second_thread_or_not(tmp_path, monkeypatch):
+    texts = ["river stone cloud", "lantern copper meadow", "river river river stone", "signal harbor violet",
+             "engine orbit timber", "quiet forest path"]       # "river" and "stone" in 2 of 6: both weigh
+    found = []
+    for shared in (True, False):
+        monkeypatch.setattr(store, "SHARED_CONNECTIONS", shared)
+        with Collection(tmp_path / f"{shared}.db") as collection:
+            add_texts(collection, tmp_path, texts)
+            hits = collection.search("river stone", vector=np.ones(DIM), k=4)
+        found.append([(h.text, h.keyword_rank, h.vector_rank, h.fused) for h in hits])
+    assert found[0] == found[1] and sum(rank is not None for _, rank, _, _ in found[0]) == 2
+
+
 def test_a_word_no_chunk_holds_whole_is_found_inside_longer_words(texts_collection, tmp_path):
     add_texts(texts_collection, tmp_path / "more", ["class EmbeddingCache keeps vectors"])
     assert [h.text for h in texts_collection.search("embedding", mode="keyword")] == \

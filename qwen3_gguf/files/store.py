@@ -90,6 +90,7 @@ FETCH_IDS = 10_000          # chunk ids per SELECT when vectors are read from th
 DEFAULT_RERANK_TOP = 50
 SEARCH_MODES = ("hybrid", "vector", "keyword")
 HYBRID_DEPTH = 50           # candidates taken from each ranking before they are fused
+SHARED_CONNECTIONS = sqlite3.threadsafety == 3   # SQLite built serialized: threads may share a connection
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,10 @@ class Collection:
         self._vectors = Vectors(None)
         self._vectors_key: tuple | None = None
         try:
-            # Shared with the thread that ranks keywords during a hybrid search (SQLite serializes the calls).
+            # Shared with the thread that ranks keywords during a hybrid search, where SQLite serializes
+            # the calls on one connection (threadsafety 3); elsewhere hybrid ranks one after the other.
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
+                                       check_same_thread=not SHARED_CONNECTIONS)
             self.metadata = self._open_schema()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable SQLite database: {exc}") from None
@@ -414,10 +416,13 @@ class Collection:
         # The two rankings are made at once, in one read transaction: the vector scan runs in numpy and
         # the keyword ranking in SQLite, both without the GIL, so on two cores hybrid costs about the
         # slower of the two rather than their sum.
-        with ThreadPoolExecutor(max_workers=1) as keyword_thread:
-            ranking = keyword_thread.submit(best_matches, self._db, query, depth, pattern)
-            nearest_ = self._nearest(vector, depth, pattern)
-            keyword = ranking.result()
+        if SHARED_CONNECTIONS:
+            with ThreadPoolExecutor(max_workers=1) as keyword_thread:
+                ranking = keyword_thread.submit(best_matches, self._db, query, depth, pattern)
+                nearest_ = self._nearest(vector, depth, pattern)
+                keyword = ranking.result()
+        else:
+            keyword, nearest_ = best_matches(self._db, query, depth, pattern), self._nearest(vector, depth, pattern)
         scored = keyword.scores > 0     # chunks holding only weightless terms tie at 0: no ranking to fuse
         keyword = replace(keyword, ids=keyword.ids[scored], scores=keyword.scores[scored])
         fused = fuse(keyword.ids, nearest_.ids, fusion)
