@@ -8,7 +8,8 @@ a query is answered when its passage is the first hit. Compared:
 
 - `unicode61`: FTS5's default word tokenizer;
 - `trigram`: FTS5's substring tokenizer, MATCH alone (terms under three characters cannot match);
-- `collection`: what `Collection.search(mode="keyword")` does (trigram, and a scan of the chunk
+- `collection`: what `Collection.search(mode="keyword")` does (the word index for queries in spaced
+  scripts, trigram for the others and for words no chunk holds whole, and a scan of the chunk
   text when a query has only one- or two-character terms).
 
 Then the index size and the keyword query time of each tokenizer over the corpus repeated to

@@ -10,9 +10,11 @@ text per chunk, 10 chunks per file) and measures, in fresh processes:
 - exactness: every measured query's top 10 against a float64 brute-force scan of the vectors
   read from SQLite (the source of truth);
 - keyword and hybrid: p50/p99 of `Collection.search(mode="keyword")` and of hybrid search (the
-  query text with its vector given) over two query sets: a rare term (one chunk's name) and common
-  words (in nearly every chunk: BM25 must score them all);
-- the FTS5 index's size, and `Collection.add` throughput with and without the keyword index;
+  query text with its vector given) over three query sets: a rare term (one chunk's name), a
+  mid-frequency term (in a quarter of the chunks: BM25 scores every one of them) and two common
+  words (in every chunk: weightless, see files/keywords.py);
+- the sizes of the two FTS5 indexes (words and trigrams), and `Collection.add` throughput with
+  both, with the word index only, and with neither (rounds alternated, medians);
 - the old path for reference (every row's vector read out of SQLite per query, as release 1 did);
 - RSS (current and peak) of the searching process, and the size of the files on disk.
 
@@ -46,7 +48,11 @@ CHUNKS_PER_FILE = 10
 TEXT_CHARS = 1500
 BUILD_BATCH = 20_000
 TOP_K = 10
-ADD_THROUGHPUT_ROWS = 20_000   # chunks added when indexing throughput is compared with and without FTS
+ADD_THROUGHPUT_ROWS = 10_000   # chunks added when indexing throughput is compared with and without FTS
+ADD_THROUGHPUT_ROUNDS = 3
+SHARDS = 4                     # chunk i holds the word shard{i % SHARDS}: a term in a quarter of the chunks
+KEYWORD_TRIGGERS = {"words": ("chunk_words_added", "chunk_words_removed", "chunk_words_changed"),
+                    "trigram": ("chunk_text_added", "chunk_text_removed", "chunk_text_changed")}
 WORDS = ("the of and to in is that for it as with was on be by this are from at or an have not which but "
          "model vector search index chunk query file embedding weight tensor layer token quant cache").split()
 
@@ -84,6 +90,8 @@ def main() -> None:
             write_json(args.json, merged(kept, rows))
     print()
     print(table(merged(kept, rows)))
+    print()
+    print(keyword_table(merged(kept, rows)))
     write_results_section(json.loads(args.json.read_text()))
 
 
@@ -108,7 +116,7 @@ def run_one(args, size: int, dim: int) -> dict:
     warm = child(db, "warm", args.queries)
     row.update(warm)
     row.update(child(db, "keyword", args.queries))
-    row["fts_bytes"] = fts_bytes(db)
+    row.update(index_bytes(db))
     row.update(add_throughput(args.dir, dim, min(size, ADD_THROUGHPUT_ROWS)))
     colds = [child(db, "cold", 1) for _ in range(args.cold_runs)]
     cold_first = [c["first_query_ms"] for c in colds]
@@ -135,7 +143,7 @@ def records(size: int, dim: int, first_file: int = 0):
     for start in range(0, size, BUILD_BATCH):
         vectors = batch_vectors(first_file + start // BUILD_BATCH, min(BUILD_BATCH, size - start), dim)
         for i, vector in enumerate(vectors, start):
-            text = f"{texts[i % len(texts)]} chunk-{i}"      # a rare term: one chunk's name
+            text = f"{texts[i % len(texts)]} chunk-{i} shard{i % SHARDS}"   # a rare term: one chunk's name
             yield {"path": f"/synthetic/file{first_file + i // CHUNKS_PER_FILE:07d}.txt",
                    "chunk": i % CHUNKS_PER_FILE, "start": 0, "end": len(text), "text": text, "vector": vector}
 
@@ -218,6 +226,7 @@ def keyword_and_hybrid(db: Path, n_queries: int) -> dict:
     chunks = len(collection)
     rng = np.random.default_rng(7)
     texts = {"rare": [f"chunk-{i}" for i in rng.integers(0, chunks, n_queries)],
+             "mid": [f"shard{i}" for i in rng.integers(0, SHARDS, n_queries)],
              "common": [" ".join(rng.choice(WORDS[-16:], 2, replace=False)) for _ in range(n_queries)]}
     vectors = queries(n_queries, collection.dim)
     result = {}
@@ -234,34 +243,36 @@ def keyword_and_hybrid(db: Path, n_queries: int) -> dict:
     return result
 
 
-def fts_bytes(db: Path) -> int:
-    """The bytes of the keyword index's tables (SQLite's dbstat)."""
+def index_bytes(db: Path) -> dict:
+    """The bytes of each keyword index's tables (SQLite's dbstat)."""
     import sqlite3
 
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    return connection.execute("SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'chunks_fts%'").fetchone()[0]
+    size = "SELECT sum(pgsize) FROM dbstat WHERE name LIKE ?"
+    return {"words_bytes": connection.execute(size, ["chunks_words%"]).fetchone()[0],
+            "fts_bytes": connection.execute(size, ["chunks_fts%"]).fetchone()[0]}
 
 
 def add_throughput(folder: Path, dim: int, rows: int) -> dict:
-    """Chunks stored per second by `Collection.add`, with the keyword index and without it (its triggers
-    dropped: what indexing cost before the index existed)."""
-    result = {}
-    for with_fts in (True, False):
-        db = folder / f"throughput-{with_fts}.db"
-        for stale in db.parent.glob(db.name + "*"):
-            stale.unlink()
-        with Collection(db) as collection:
-            collection.add(records(CHUNKS_PER_FILE, dim), model=f"synthetic-{dim}")
-            if not with_fts:
-                for trigger in ("chunk_text_added", "chunk_text_removed", "chunk_text_changed"):
+    """Chunks stored per second by `Collection.add` with both keyword indexes, with the word index only
+    and with neither (the other's triggers dropped), rounds alternated; medians."""
+    rates = {"both": [], "words": [], "none": []}
+    for _ in range(ADD_THROUGHPUT_ROUNDS):
+        for kept in rates:
+            db = folder / f"throughput-{kept}.db"
+            for stale in db.parent.glob(db.name + "*"):
+                stale.unlink()
+            with Collection(db) as collection:
+                collection.add(records(CHUNKS_PER_FILE, dim), model=f"synthetic-{dim}")
+                dropped = {"both": (), "words": ("trigram",), "none": ("trigram", "words")}[kept]
+                for trigger in (t for index in dropped for t in KEYWORD_TRIGGERS[index]):
                     collection._db.execute(f"DROP TRIGGER {trigger}")
-            started = time.perf_counter()
-            collection.add(records(rows, dim, first_file=1), model=f"synthetic-{dim}")
-            result[f"add_rows_per_s_{'with' if with_fts else 'without'}_fts"] = round(
-                rows / (time.perf_counter() - started))
-        for path in db.parent.glob(db.name + "*"):
-            path.unlink()
-    return result
+                started = time.perf_counter()
+                collection.add(records(rows, dim, first_file=1), model=f"synthetic-{dim}")
+                rates[kept].append(rows / (time.perf_counter() - started))
+            for path in db.parent.glob(db.name + "*"):
+                path.unlink()
+    return {f"add_rows_per_s_{kept}": round(float(np.median(rate))) for kept, rate in rates.items()}
 
 
 def brute_force(db: Path, query_set: np.ndarray) -> list[list[tuple[str, int]]]:
@@ -314,15 +325,15 @@ COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "
            ("cold_first_query_ms_p99", "cold p99 ms", "{:.0f}"), ("first_query_ms", "open+query (warm) ms", "{:.0f}"),
            ("first_query_after_matrix_file_lost_ms", "rebuild+query ms", "{:.0f}"),
            ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
-           ("keyword_rare_ms_p50", "keyword rare p50 ms", "{:.1f}"), ("keyword_rare_ms_p99", "p99", "{:.1f}"),
-           ("keyword_common_ms_p50", "keyword common p50 ms", "{:.1f}"), ("keyword_common_ms_p99", "p99", "{:.1f}"),
-           ("hybrid_rare_ms_p50", "hybrid rare p50 ms", "{:.1f}"), ("hybrid_rare_ms_p99", "p99", "{:.1f}"),
-           ("hybrid_common_ms_p50", "hybrid common p50 ms", "{:.1f}"), ("hybrid_common_ms_p99", "p99", "{:.1f}"),
-           ("fts_bytes", "FTS GiB", "{:.2f}"), ("add_rows_per_s_with_fts", "add rows/s", "{:,}"),
-           ("add_rows_per_s_without_fts", "add rows/s no FTS", "{:,}"),
            ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
            ("add_one_file_s", "add 1 file s", "{:.1f}"), ("build_s", "build s", "{:.0f}"),
            ("load_average", "load avg", "{:.1f}")]
+KEYWORD_COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "vector p50 ms", "{:.1f}")] + [
+    (f"{mode}_{kind}_ms_{p}", f"{mode} {kind} {p} ms", "{:.1f}")
+    for mode in ("keyword", "hybrid") for kind in ("rare", "mid", "common") for p in ("p50", "p99")] + [
+    ("words_bytes", "word index GiB", "{:.2f}"), ("fts_bytes", "trigram index GiB", "{:.2f}"),
+    ("add_rows_per_s_both", "add rows/s", "{:,}"), ("add_rows_per_s_words", "add rows/s, words only", "{:,}"),
+    ("add_rows_per_s_none", "add rows/s, no keyword index", "{:,}"), ("load_average", "load avg", "{:.1f}")]
 
 
 def cell(row: dict, key: str, fmt: str) -> str:
@@ -333,13 +344,17 @@ def cell(row: dict, key: str, fmt: str) -> str:
 
 
 def format_row(row: dict) -> str:
-    return "  ".join(f"{title}={cell(row, key, fmt)}" for key, title, fmt in COLUMNS)
+    return "  ".join(f"{title}={cell(row, key, fmt)}" for key, title, fmt in COLUMNS + KEYWORD_COLUMNS[3:])
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |" for row in rows]
+def table(rows: list[dict], columns: list[tuple] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def keyword_table(rows: list[dict]) -> str:
+    return table([row for row in rows if "keyword_mid_ms_p50" in row], KEYWORD_COLUMNS)
 
 
 def write_json(path: Path, rows: list[dict]) -> None:
@@ -364,12 +379,19 @@ def write_results_section(report: dict) -> None:
         "the first query after the matrix file was deleted (rebuilt from SQLite). Release-1 scan: the "
         "previous release's search (every vector read out of SQLite per query). Exact: the top 10 of 5 "
         "queries equal a float64 brute-force scan of the vectors in SQLite. Add 1 file: `Collection.add` of "
-        "10 chunks, including the update of the vector files (a delta file beside the matrix). Keyword and "
-        "hybrid: p50/p99 over the warm queries of a rare term (one chunk's name) and of two common words (in "
-        "nearly every chunk); FTS: the keyword index's size; add rows/s: `Collection.add` of up to 20,000 chunks "
-        "with the keyword index and with its triggers dropped.",
+        "10 chunks, including the update of the vector files (a delta file beside the matrix).",
         "",
         table(report["rows"]),
+        "",
+        "Keyword and hybrid search (rows measured since the word index, schema 3): p50/p99 over the warm "
+        "queries of a rare term (one chunk's name), a mid-frequency term (in a quarter of the chunks) and two "
+        "common words (in every chunk); hybrid is given the query's vector, so no model runs; vector p50 is "
+        "the warm column above. Index sizes from SQLite's dbstat. Add rows/s: `Collection.add` of "
+        f"{ADD_THROUGHPUT_ROWS:,} chunks (or the collection's size, if smaller) with both keyword indexes, with "
+        f"the word index only and with neither (their triggers dropped), median of {ADD_THROUGHPUT_ROUNDS} "
+        "alternated rounds.",
+        "",
+        keyword_table(report["rows"]),
     ])
     write_section("store", section)
 

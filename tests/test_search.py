@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from qwen3_gguf.cli import cli
 from qwen3_gguf.errors import UserError
-from qwen3_gguf.files import store
+from qwen3_gguf.files import keywords, store
 from qwen3_gguf.files.fusion import Fusion, fuse
 from qwen3_gguf.files.keywords import index_matches_chunks
 from qwen3_gguf.files.store import SCHEMA_VERSION, Collection
@@ -65,8 +65,9 @@ def assert_index_equals_chunks(db) -> None:
         chunks = connection.execute("SELECT id, text FROM chunks").fetchall()
         for chunk_id, text in chunks[:50]:             # each chunk is found by its own text, as a phrase
             phrase = '"' + text.replace('"', '""') + '"'
-            assert (chunk_id,) in connection.execute("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?",
-                                                     (phrase,)).fetchall()
+            for index in ("chunks_words", "chunks_fts"):
+                assert (chunk_id,) in connection.execute(f"SELECT rowid FROM {index} WHERE {index} MATCH ?",
+                                                         (phrase,)).fetchall()
 
 
 # --- fusion, with the test model -----------------------------------------------------------------
@@ -195,6 +196,49 @@ def test_keyword_ranking_is_bm25_and_quoted_text_matches_literally(texts_collect
         ['He said "NEAR(a b)" - then: stop*']
 
 
+def test_terms_in_half_the_chunks_or_more_weigh_nothing(tmp_path):
+    texts = ["the river", "the stone river", "the cloud the the the", "a lantern by the water", "class EmbeddingCache"]
+    with Collection(tmp_path / "v.db") as collection:
+        add_texts(collection, tmp_path, texts)      # "the" in 4 of 5 chunks, "river" in 2, "lantern" in 1
+        hits = collection.search("the", mode="keyword")
+        assert [h.text for h in hits] == texts[:4] and [h.bm25 for h in hits] == [0, 0, 0, 0]   # oldest first
+        hits = collection.search("the river lantern", mode="keyword")
+        assert [h.text for h in hits] == ["a lantern by the water", "the river", "the stone river",
+                                          "the cloud the the the"]
+        with sqlite3.connect(collection.path) as connection:    # the informative terms: FTS5's own BM25
+            expected = [score for (score,) in connection.execute(
+                "SELECT -bm25(chunks_words) FROM chunks_words WHERE chunks_words MATCH ? ORDER BY rank",
+                ['"river" OR "lantern"'])]
+        assert [h.bm25 for h in hits] == pytest.approx(expected + [0]) and expected[-1] > 0
+        hybrid = collection.search("the", vector=np.ones(DIM), mode="hybrid", k=5)
+        assert len(hybrid) == 5 and all(h.keyword_rank is None for h in hybrid)   # ties at 0 are not fused
+        assert collection.search("river", mode="keyword")[0].bm25 > 0
+        add_texts(collection, tmp_path / "more", ["river delta"])        # now in 3 of 6: exactly half
+        assert [(h.text, h.bm25) for h in collection.search("river", mode="keyword")] == \
+            [("the river", 0), ("the stone river", 0), ("river delta", 0)]
+
+
+def test_hybrid_is_the_same_whether_keywords_are_ranked_in_a_second_thread_or_not(tmp_path, monkeypatch):
+    texts = ["river stone cloud", "lantern copper meadow", "river river river stone", "signal harbor violet",
+             "engine orbit timber", "quiet forest path"]       # "river" and "stone" in 2 of 6: both weigh
+    found = []
+    for shared in (True, False):
+        monkeypatch.setattr(store, "SHARED_CONNECTIONS", shared)
+        with Collection(tmp_path / f"{shared}.db") as collection:
+            add_texts(collection, tmp_path, texts)
+            hits = collection.search("river stone", vector=np.ones(DIM), k=4)
+        found.append([(h.text, h.keyword_rank, h.vector_rank, h.fused) for h in hits])
+    assert found[0] == found[1] and sum(rank is not None for _, rank, _, _ in found[0]) == 2
+
+
+def test_a_word_no_chunk_holds_whole_is_found_inside_longer_words(texts_collection, tmp_path):
+    add_texts(texts_collection, tmp_path / "more", ["class EmbeddingCache keeps vectors"])
+    assert [h.text for h in texts_collection.search("embedding", mode="keyword")] == \
+        ["class EmbeddingCache keeps vectors"]
+    assert [h.text for h in texts_collection.search("embeddingcache", mode="keyword")] == \
+        ["class EmbeddingCache keeps vectors"]
+
+
 def test_empty_query_and_modes_that_need_text(texts_collection):
     for query in ("", "   \n"):
         with pytest.raises(UserError, match="^the query is empty$"):
@@ -253,7 +297,33 @@ def test_a_version_1_collection_gets_its_keyword_index_on_open(tmp_path):
                                                                                 "zeta eta theta alpha"]
         assert [h.text for h in collection.search("量化", mode="keyword")] == ["模型量化"]
     with sqlite3.connect(db) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert_index_equals_chunks(db)
+
+
+def test_a_version_2_collection_gets_its_word_index_on_open(tmp_path):
+    db = tmp_path / "v2.db"
+    texts = ["alpha beta gamma", "delta epsilon", "模型量化", "zeta eta theta", "class EmbeddingCache"]
+    with Collection(tmp_path / "source.db") as source:
+        add_texts(source, tmp_path, texts)
+    with sqlite3.connect(db) as connection:         # the schema version 2 wrote (trigram index only), same rows
+        for statement in store._statements(store.SCHEMA + store.GENERATION + keywords.KEYWORD_INDEX):
+            connection.execute(statement)
+        connection.execute(f"ATTACH '{tmp_path / 'source.db'}' AS source")
+        for table in ("collection", "documents", "chunks"):
+            connection.execute(f"INSERT INTO {table} SELECT * FROM source.{table}")
+        connection.commit()
+        connection.execute("DETACH source")
+        connection.execute("PRAGMA user_version = 2")
+    with Collection(db) as collection:
+        [alpha] = collection.search("alpha", mode="keyword")
+        assert alpha.text == "alpha beta gamma" and alpha.bm25 > 0
+        assert [h.text for h in collection.search("量化", mode="keyword")] == ["模型量化"]
+        assert [h.text for h in collection.search("embedding", mode="keyword")] == ["class EmbeddingCache"]
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert connection.execute("SELECT rowid FROM chunks_words WHERE chunks_words MATCH 'zeta'").fetchall() == \
+            [(4,)]
     assert_index_equals_chunks(db)
 
 

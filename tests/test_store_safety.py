@@ -211,9 +211,9 @@ def test_a_write_limit_reached_mid_run_is_a_clear_error_with_nothing_half_writte
                                                                                    embedding_gguf_64, reference):
     db = tmp_path / "v.db"
 
-    def limit_file_size():          # as a full disk: writes past 64 KiB fail (EFBIG instead of a signal)
+    def limit_file_size():          # as a full disk: writes past 128 KiB fail (EFBIG instead of a signal)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (128 * 1024, 128 * 1024))
 
     code, stderr = finish(start_index(db, corpus, embedding_gguf_64, preexec_fn=limit_file_size))
     assert code == 2, stderr

@@ -1,21 +1,33 @@
-"""The keyword side of a collection: an SQLite FTS5 index over the chunk text, ranked by BM25.
+"""The keyword side of a collection: SQLite FTS5 indexes over the chunk text, ranked by BM25.
 
-The index is an external-content FTS5 table over `chunks`: it holds the index, not a second copy
-of the text. Triggers on `chunks` write it, so every insert or delete of a chunk changes the
-index in the same statement, and therefore the same transaction: a crash or Ctrl-C leaves both or
-neither, and `integrity-check` compares the two.
+Both indexes are external-content FTS5 tables over `chunks`: they hold the index, not a second
+copy of the text. Triggers on `chunks` write them, so every insert or delete of a chunk changes the
+indexes in the same statement, and therefore the same transaction: a crash or Ctrl-C leaves all or
+none, and `integrity-check` compares each with the chunks.
 
-Tokenizer: `trigram`. Measured on mixed English, Chinese and Japanese text
-(benchmarks/keyword_tokenizers.py), `unicode61` makes a whole run of CJK characters one token, so
-a word inside a Chinese or Japanese sentence is never found; `trigram` finds any substring of three
-or more characters — CJK words, identifiers inside longer names (`repack` in
-`repack_overrides`), error codes — and ranks English words as well as `unicode61` did there.
-Terms of one or two characters (a two-character Chinese word such as 模型) have no trigram; a
-query made only of such terms is answered by a scan of the chunk text instead.
+Two tokenizers, each for the text it can cut (benchmarks/keyword_tokenizers.py measured both on
+mixed English, Chinese and Japanese text):
+
+- `chunks_words` (`unicode61`, words): queries in scripts that put spaces between words. A word
+  is one token, so matching a term walks one list of chunk ids, and a term's chunk count is a
+  cheap, bounded count.
+- `chunks_fts` (`trigram`): queries holding Chinese, Japanese, Thai and other text without spaces,
+  where `unicode61` makes a whole run of characters one token and never finds a word inside it;
+  trigram finds any run of three or more characters. A query of words that no chunk holds as a
+  word is searched here too, so a part of an identifier (`Embedding` in `EmbeddingCache`) is still
+  found. Terms of one or two characters (a two-character Chinese word such as 模型) have no
+  trigram; a query made only of such terms is answered by a scan of the chunk text instead.
+
+Terms in at least half the chunks carry no weight. BM25's idf, log((N - n + 0.5) / (n + 0.5)) for
+a term in n of N chunks, is zero or below there (FTS5 raises it to 1e-6): such a term tells
+chunks apart by nothing but its count. So on the word index those terms are left out of the BM25
+ranking; a chunk that holds only them scores 0 and follows every scored chunk, older chunks
+first. This is what bounds the cost: BM25 walks the chunks of the query's informative terms only,
+and a word found nearly everywhere costs a count of at most N/2 ids.
 
 A query is searched as text, never as FTS5 syntax: it is cut into terms (runs of letters and
-digits, joined by `. - /` inside a name such as `llama.cpp` or `ERR-42`), and each term becomes a quoted FTS5 string;
-a chunk matches when it holds any term, and BM25 ranks the matches.
+digits, joined by `. - /` inside a name such as `llama.cpp` or `ERR-42`), and each term becomes a
+quoted FTS5 string; a chunk matches when it holds any term, and BM25 ranks the matches.
 """
 
 from __future__ import annotations
@@ -41,14 +53,33 @@ CREATE TRIGGER chunk_text_changed AFTER UPDATE OF text ON chunks BEGIN
 END;
 """
 BUILD_KEYWORD_INDEX = "INSERT INTO chunks_fts (chunks_fts) VALUES ('rebuild');"
+# Part of every collection from schema version 3 on (the migration builds it for older ones).
+WORD_INDEX = """
+CREATE VIRTUAL TABLE chunks_words USING fts5(text, content='chunks', content_rowid='id', tokenize='unicode61');
+CREATE TRIGGER chunk_words_added AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_words (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER chunk_words_removed AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_words (chunks_words, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+CREATE TRIGGER chunk_words_changed AFTER UPDATE OF text ON chunks BEGIN
+    INSERT INTO chunks_words (chunks_words, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO chunks_words (rowid, text) VALUES (new.id, new.text);
+END;
+"""
+BUILD_WORD_INDEX = "INSERT INTO chunks_words (chunks_words) VALUES ('rebuild');"
+INDEXES = ("chunks_words", "chunks_fts")
 TRIGRAM = 3
 TERM = re.compile(r"\w+(?:[.\-/]+\w+)*")
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, kana, CJK ideographs.
+WITHOUT_SPACES = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+                            "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003ffff]")
 
 
 @dataclass(frozen=True)
 class Ranked:
     ids: np.ndarray            # chunk ids, best first
-    scores: np.ndarray         # BM25 (higher is better); for a scan, the number of terms found
+    scores: np.ndarray         # BM25 (higher is better; 0: only weightless terms); for a scan, the terms found
 
 
 def terms(query: str) -> list[str]:
@@ -62,27 +93,71 @@ def best_matches(db: sqlite3.Connection, query: str, n: int, path_glob: str | No
     `path_glob` keeps chunks of documents whose path matches it (an SQLite GLOB pattern).
     """
     words = terms(query)
-    long = [term for term in words if len(term) >= TRIGRAM]
     where_path = " AND c.document_id IN (SELECT id FROM documents WHERE path GLOB ?)" if path_glob else ""
     glob = [path_glob] if path_glob else []
-    if long:
-        match = " OR ".join('"' + term.replace('"', '""') + '"' for term in long)
-        rows = db.execute("SELECT c.id, -bm25(chunks_fts) FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-                          f"WHERE chunks_fts MATCH ?{where_path} ORDER BY bm25(chunks_fts), c.id LIMIT ?",
-                          [match, *glob, n]).fetchall()
-    elif words:
-        found = " + ".join(["(instr(lower(c.text), ?) > 0)"] * len(words))
-        rows = db.execute(f"SELECT c.id, {found} AS found FROM chunks c WHERE found > 0{where_path} "
-                          "ORDER BY found DESC, c.id LIMIT ?", [*words, *glob, n]).fetchall()
-    else:
-        rows = []
+    rows = []
+    if words and not any(WITHOUT_SPACES.search(term) for term in words):
+        rows = _by_words(db, words, n, where_path, glob)
+    if not rows:
+        rows = _by_trigrams(db, words, n, where_path, glob)
     return Ranked(np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64))
 
 
+def _by_words(db: sqlite3.Connection, words: list[str], n: int, where_path: str, glob: list[str]) -> list[tuple]:
+    """BM25 on the word index over the terms in fewer than half the chunks; then the chunks that hold
+    only terms in half of them or more, scored 0, oldest first."""
+    half = (db.execute("SELECT count(*) FROM chunks").fetchone()[0] + 1) // 2
+    informative, weightless = [], []
+    for term in words:
+        found = db.execute("SELECT count(*) FROM (SELECT 1 FROM chunks_words WHERE chunks_words MATCH ? LIMIT ?)",
+                           [_quoted(term), half]).fetchone()[0]
+        if found:
+            (weightless if found >= half else informative).append(term)
+    rows = []
+    if informative:
+        rows = _by_bm25(db, "chunks_words", informative, n, where_path, glob)
+    if weightless and len(rows) < n:
+        scored = {chunk_id for chunk_id, _ in rows}
+        rest = db.execute("SELECT c.id FROM chunks_words JOIN chunks c ON c.id = chunks_words.rowid "
+                          f"WHERE chunks_words MATCH ?{where_path} ORDER BY chunks_words.rowid LIMIT ?",
+                          [_any_of(weightless), *glob, n + len(rows)])
+        rows += [(chunk_id, 0.0) for (chunk_id,) in rest if chunk_id not in scored][:n - len(rows)]
+    return rows
+
+
+def _by_trigrams(db: sqlite3.Connection, words: list[str], n: int, where_path: str, glob: list[str]) -> list[tuple]:
+    """BM25 on the trigram index; a scan of the chunk text when every term is shorter than a trigram."""
+    long = [term for term in words if len(term) >= TRIGRAM]
+    if long:
+        return _by_bm25(db, "chunks_fts", long, n, where_path, glob)
+    if words:
+        found = " + ".join(["(instr(lower(c.text), ?) > 0)"] * len(words))
+        return db.execute(f"SELECT c.id, {found} AS found FROM chunks c WHERE found > 0{where_path} "
+                          "ORDER BY found DESC, c.id LIMIT ?", [*words, *glob, n]).fetchall()
+    return []
+
+
+def _by_bm25(db: sqlite3.Connection, index: str, words: list[str], n: int, where_path: str,
+             glob: list[str]) -> list[tuple]:
+    """The n chunks holding any of `words` with the best BM25 on `index` (ties: the older chunk first)."""
+    return db.execute(f"SELECT c.id, -bm25({index}) FROM {index} JOIN chunks c ON c.id = {index}.rowid "
+                      f"WHERE {index} MATCH ?{where_path} ORDER BY bm25({index}), c.id LIMIT ?",
+                      [_any_of(words), *glob, n]).fetchall()
+
+
+def _quoted(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _any_of(words: list[str]) -> str:
+    return " OR ".join(_quoted(term) for term in words)
+
+
 def index_matches_chunks(db: sqlite3.Connection) -> bool:
-    """Whether the keyword index holds exactly the chunks' text (FTS5's own integrity check)."""
+    """Whether the keyword indexes hold exactly the chunks' text (FTS5's own integrity check)."""
     try:
-        db.execute("INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('integrity-check', 1)")
+        for index in INDEXES:
+            db.execute(f"INSERT INTO {index} ({index}, rank) VALUES ('integrity-check', 1)")
     except sqlite3.DatabaseError:
         return False
     return True

@@ -7,11 +7,11 @@
     print(collection.get(hit.id)[0].text)
 
 The database is the source of truth. Tables: `documents` (path, mtime, size, content hash),
-`chunks` (text, character offsets, float32 vector), `chunks_fts` (the keyword index over the
-chunk text, see `keywords.py`), `collection` (the model, quant, dim and query instruction the
-vectors were made with; a different model or dim is refused) and `generation` (a counter that
-triggers raise on every change to `chunks`). Its schema version is PRAGMA user_version; older
-versions are migrated when a collection is opened.
+`chunks` (text, character offsets, float32 vector), `chunks_words` and `chunks_fts` (the keyword
+indexes over the chunk text, by word and by trigram, see `keywords.py`), `collection` (the model,
+quant, dim and query instruction the vectors were made with; a different model or dim is refused)
+and `generation` (a counter that triggers raise on every change to `chunks`). Its schema version
+is PRAGMA user_version; older versions are migrated when a collection is opened.
 
 Each search mode is one short path: keyword (`keywords.best_matches`, BM25), vector
 (`vectors.nearest`, exact cosine) and hybrid (both, fused by `fusion.fuse`), then the reranker
@@ -36,6 +36,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,11 +50,11 @@ from ..prompts import DEFAULT_INSTRUCTION
 from .chunking import Chunker
 from .embedding import EmbeddedBatch, embed_documents
 from .fusion import DEFAULT_FUSION, Fusion, fuse
-from .keywords import BUILD_KEYWORD_INDEX, KEYWORD_INDEX, best_matches
+from .keywords import BUILD_KEYWORD_INDEX, BUILD_WORD_INDEX, KEYWORD_INDEX, WORD_INDEX, best_matches
 from .vectors import Scored, Snapshot, Vectors, delta_path, exact_scores, matrix_path, nearest
 from .walk import DEFAULT_CHUNK_TOKENS, Counts, TextFiles
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE collection (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE documents (
@@ -89,6 +90,7 @@ FETCH_IDS = 10_000          # chunk ids per SELECT when vectors are read from th
 DEFAULT_RERANK_TOP = 50
 SEARCH_MODES = ("hybrid", "vector", "keyword")
 HYBRID_DEPTH = 50           # candidates taken from each ranking before they are fused
+SHARED_CONNECTIONS = sqlite3.threadsafety == 3   # SQLite built serialized: threads may share a connection
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,10 @@ class Collection:
         self._vectors = Vectors(None)
         self._vectors_key: tuple | None = None
         try:
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # Shared with the thread that ranks keywords during a hybrid search, where SQLite serializes
+            # the calls on one connection (threadsafety 3); elsewhere hybrid ranks one after the other.
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=not SHARED_CONNECTIONS)
             self.metadata = self._open_schema()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable SQLite database: {exc}") from None
@@ -408,7 +413,18 @@ class Collection:
     def _hybrid_hits(self, query: str, vector: np.ndarray, n: int, pattern: str | None,
                      fusion: Fusion) -> list[SearchHit]:
         depth = max(n, HYBRID_DEPTH)
-        keyword, nearest_ = best_matches(self._db, query, depth, pattern), self._nearest(vector, depth, pattern)
+        # The two rankings are made at once, in one read transaction: the vector scan runs in numpy and
+        # the keyword ranking in SQLite, both without the GIL, so on two cores hybrid costs about the
+        # slower of the two rather than their sum.
+        if SHARED_CONNECTIONS:
+            with ThreadPoolExecutor(max_workers=1) as keyword_thread:
+                ranking = keyword_thread.submit(best_matches, self._db, query, depth, pattern)
+                nearest_ = self._nearest(vector, depth, pattern)
+                keyword = ranking.result()
+        else:
+            keyword, nearest_ = best_matches(self._db, query, depth, pattern), self._nearest(vector, depth, pattern)
+        scored = keyword.scores > 0     # chunks holding only weightless terms tie at 0: no ranking to fuse
+        keyword = replace(keyword, ids=keyword.ids[scored], scores=keyword.scores[scored])
         fused = fuse(keyword.ids, nearest_.ids, fusion)
         ids = fused.ids[:n]
         bm25 = dict(zip(keyword.ids.tolist(), keyword.scores.tolist()))
@@ -630,7 +646,7 @@ class Collection:
 
     def _upgrade(self, version: int | None) -> None:
         """Create the schema (version None) or migrate it to SCHEMA_VERSION (inside the caller's transaction)."""
-        steps = [SCHEMA, GENERATION, KEYWORD_INDEX] if version is None else MIGRATIONS[version:]
+        steps = [SCHEMA, GENERATION, KEYWORD_INDEX, WORD_INDEX] if version is None else MIGRATIONS[version:]
         for step in steps:
             for statement in _statements(step):
                 self._db.execute(statement)
@@ -767,7 +783,7 @@ class Collection:
 
 # Migrations: MIGRATIONS[v] brings a database from schema version v to v + 1.
 # Version 0 is the schema of the first release (no user_version, chunk ids could be reused);
-# version 1 had no keyword index.
+# version 1 had no keyword index; version 2 had the trigram index only.
 MIGRATIONS = [
     """
     CREATE TABLE chunks_v1 (
@@ -784,6 +800,7 @@ MIGRATIONS = [
     ALTER TABLE chunks_v1 RENAME TO chunks;
     """ + GENERATION,
     KEYWORD_INDEX + BUILD_KEYWORD_INDEX,
+    WORD_INDEX + BUILD_WORD_INDEX,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
