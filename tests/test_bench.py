@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -70,3 +71,163 @@ def test_bench_refuses_a_reranker(reranker_tied_gguf):
     result = bench(reranker_tied_gguf, "--seconds", 1)
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "reranker" in result.stderr
+
+
+# --- bench --types: the table, the choice, the files ------------------------------------------------------------
+
+
+def _row(type_name, docs, queries, mean_cosine, *, is_source=False):
+    from qwen3_gguf.quantization.bench import Throughput, TypeRow
+
+    def speed(tokens_per_s):
+        return Throughput(tokens_per_s=tokens_per_s, texts_per_s=1.0, rounds=3, tokens_per_text=100)
+
+    return TypeRow(type_name=type_name, path=f"/work/{type_name}.gguf", is_source=is_source, size_bytes=2**20,
+                   bits_per_weight=8.5, documents_numerics="kv-f32 no-fa", queries_numerics="kv-f32 no-fa",
+                   documents=speed(docs), queries=speed(queries), mean_cosine=mean_cosine,
+                   min_cosine=mean_cosine - 0.01)
+
+
+MEASURED = [_row("F32", 80, 300, 1.0, is_source=True), _row("Q8_0", 95, 290, 0.9995),
+            _row("Q4_K_M", 120, 410, 0.991), _row("Q2_K", 150, 380, 0.93)]
+
+
+def test_the_fastest_file_meeting_the_floor_is_chosen():
+    from qwen3_gguf.quantization.bench import choice_line, fastest_meeting
+
+    assert fastest_meeting(MEASURED, 0.99).type_name == "Q4_K_M"     # Q2_K is faster but below the floor
+    assert fastest_meeting(MEASURED, 0.9).type_name == "Q2_K"
+    assert fastest_meeting(MEASURED, 0.999).type_name == "Q8_0"
+    assert fastest_meeting(MEASURED, 0.99, "queries").type_name == "Q4_K_M"
+    assert fastest_meeting(MEASURED, 0.999, "queries").type_name == "F32"  # the source is a file like the others
+    line = choice_line(MEASURED, 0.99)
+    assert "Q4_K_M" in line and "/work/Q4_K_M.gguf" in line and "120.0" in line
+
+
+def test_no_file_meeting_the_floor_is_one_clear_line():
+    from qwen3_gguf.quantization.bench import choice_line, fastest_meeting
+
+    quants = MEASURED[1:]
+    assert fastest_meeting(quants, 0.9999) is None
+    line = choice_line(quants, 0.9999)
+    assert line.startswith("no file reaches mean cosine 0.9999") and "Q8_0 at 0.99950" in line
+    assert "\n" not in line
+
+
+def test_the_table_marks_the_source_and_prints_every_measure():
+    from qwen3_gguf.quantization.bench import format_table
+
+    header, *lines = format_table(MEASURED)
+    assert header.split()[:3] == ["type", "MiB", "bpw"]
+    assert [line.split()[0] for line in lines] == ["F32*", "Q8_0", "Q4_K_M", "Q2_K"]
+    cells = lines[2].split()
+    assert cells[1:3] == ["1.0", "8.50"] and cells[-4:] == ["120.0", "410.0", "0.99100", "0.98100"]
+
+
+def test_type_names_expand_stock_and_skip_the_source_type():
+    from types import SimpleNamespace
+
+    from qwen3_gguf.errors import UserError
+    from qwen3_gguf.quantization.bench import STOCK_TYPES, type_names
+
+    f16_source = SimpleNamespace(file_type="F16")
+    assert type_names("all", f16_source) == [t for t in STOCK_TYPES if t != "F16"]
+    assert type_names("stock", SimpleNamespace(file_type="ALL_F32")) == list(STOCK_TYPES)
+    assert type_names("q4_k,Q4_K_M,f16,bf16_q8_0", f16_source) == ["Q4_K_M", "bf16_q8_0"]
+    with pytest.raises(UserError, match="unknown quantization type 'q9_z'"):
+        type_names("q8_0,q9_z", f16_source)
+
+
+def test_numerics_follow_the_policy_at_the_measured_lengths():
+    from types import SimpleNamespace
+
+    from gguf import LlamaFileType
+
+    from qwen3_gguf.quantization.bench import Throughput, type_row
+    from qwen3_gguf.runtime.precision import EXACT, FAST
+
+    def speed(tokens_per_text):
+        return Throughput(tokens_per_s=1.0, texts_per_s=1.0, rounds=2, tokens_per_text=tokens_per_text)
+
+    model = SimpleNamespace(path="q4.gguf", file_size=2**20, bits_per_weight=4.8)
+    speeds = {"documents": speed(511), "queries": speed(29)}
+    row = type_row("Q4_K_M", model, LlamaFileType.MOSTLY_Q4_K_M, is_source=False, speeds=speeds,
+                   cosines=np.array([0.99, 0.97]))
+    assert (row.documents_numerics, row.queries_numerics) == (FAST.short, EXACT.short)
+    assert (row.mean_cosine, row.min_cosine) == (pytest.approx(0.98), pytest.approx(0.97))
+    exact = type_row("F16", model, LlamaFileType.MOSTLY_F16, is_source=True, speeds=speeds, cosines=np.ones(2))
+    assert exact.documents_numerics == exact.queries_numerics == EXACT.short
+
+
+def test_bench_types_quantizes_measures_and_names_the_fastest(embedding_gguf_64, tmp_path):
+    work = tmp_path / "work"
+    result = bench(embedding_gguf_64, "--types", "q8_0,q4_0", "--seconds", 1, "--threads", 1, "--work-dir", work,
+                   "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {row["type_name"]: row for row in report["types"]}
+    assert list(rows) == ["F32", "Q8_0", "Q4_0"]
+    assert rows["F32"]["is_source"] and rows["F32"]["mean_cosine"] == 1
+    assert rows["F32"]["size_bytes"] > rows["Q8_0"]["size_bytes"] > rows["Q4_0"]["size_bytes"]
+    assert rows["F32"]["bits_per_weight"] > rows["Q8_0"]["bits_per_weight"] > rows["Q4_0"]["bits_per_weight"]
+    # Fidelity is measured, not assumed: fewer bits, further from the source.
+    assert 1 > rows["Q8_0"]["mean_cosine"] > rows["Q4_0"]["mean_cosine"] > 0.5
+    assert rows["Q4_0"]["min_cosine"] <= rows["Q4_0"]["mean_cosine"]
+    for row in rows.values():
+        assert row["documents"]["rounds"] >= 2 and row["queries"]["rounds"] >= 2
+        assert DOCUMENT_TOKENS - 8 <= row["documents"]["tokens_per_text"] <= DOCUMENT_TOKENS
+        assert row["documents"]["tokens_per_s"] > 0 and row["queries"]["tokens_per_s"] > 0
+    meeting = [row for row in rows.values() if row["mean_cosine"] >= report["min_cosine"]]
+    assert report["min_cosine"] == 0.99
+    assert report["fastest"] == max(meeting, key=lambda row: row["documents"]["tokens_per_s"])["type_name"]
+    quantized = sorted(work.glob("*.gguf"))
+    assert [p.name.split("-", 1)[1] for p in quantized] == ["Q4_0.gguf", "Q8_0.gguf"]
+    assert {rows["Q8_0"]["path"], rows["Q4_0"]["path"]} == {str(p) for p in quantized}
+
+    # A second run reuses the files and prints the table and the choice.
+    written = {p: p.stat().st_mtime_ns for p in quantized}
+    again = bench(embedding_gguf_64, "--types", "q8_0,q4_0", "--seconds", 1, "--threads", 1, "--work-dir", work,
+                  "--min-cosine", 0.5)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in quantized} == written
+    assert again.stderr.count("reusing") == 2
+    lines = again.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["F32*", "Q8_0", "Q4_0"]
+    assert lines[5].startswith("fastest documents at mean cosine >= 0.5: ") and str(work) in lines[5]
+
+
+def _one_line_exit_2(result, *words):
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+def test_bench_types_refuses_an_unknown_type(embedding_gguf_64, tmp_path):
+    result = bench(embedding_gguf_64, "--types", "q8_0,q9_z", "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, "q9_z", "Q4_K_M")
+    assert not (tmp_path / "work").exists()   # refused before any file is written
+
+
+def test_bench_types_refuses_a_quantized_model(converted, embedding_ckpt_64, tmp_path):
+    quantized = converted(embedding_ckpt_64, "q8_0")
+    result = bench(quantized, "--types", "q4_0", "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, str(quantized), "already quantized", "F16")
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("floor", ["0", "-0.5", "1.5", "nan"])
+def test_bench_types_refuses_a_floor_outside_0_1(embedding_gguf_64, floor, tmp_path):
+    result = bench(embedding_gguf_64, "--types", "q8_0", "--min-cosine", floor, "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, "--min-cosine", "(0, 1]")
+
+
+def test_bench_comparison_options_need_types(tmp_path):
+    result = bench(tmp_path / "any.gguf", "--min-cosine", "0.9")
+    _one_line_exit_2(result, "--min-cosine", "--types")
+
+
+def test_bench_types_refuses_a_reranker(reranker_tied_gguf, tmp_path):
+    result = bench(reranker_tied_gguf, "--types", "q8_0", "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, "reranker", "embedding GGUFs only")
