@@ -204,9 +204,10 @@ def _one_line_exit_2(result, *words):
         assert word in result.stderr
 
 
-def test_bench_types_refuses_an_unknown_type(embedding_gguf_64, tmp_path):
-    result = bench(embedding_gguf_64, "--types", "q8_0,q9_z", "--work-dir", tmp_path / "work")
-    _one_line_exit_2(result, "q9_z", "Q4_K_M")
+@pytest.mark.parametrize(("types", "words"), [("q8_0,q9_z", ("q9_z", "Q4_K_M")), (" , ", ("--types is empty",))])
+def test_bench_types_refuses_an_unknown_type(embedding_gguf_64, types, words, tmp_path):
+    result = bench(embedding_gguf_64, "--types", types, "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, *words)
     assert not (tmp_path / "work").exists()   # refused before any file is written
 
 
