@@ -76,41 +76,62 @@ def test_bench_refuses_a_reranker(reranker_tied_gguf):
 # --- bench --types: the table, the choice, the files ------------------------------------------------------------
 
 
-def _row(type_name, docs, queries, mean_cosine, *, is_source=False):
+def _row(type_name, docs, queries, mean, *, is_source=False, measure="cosine"):
     from qwen3_gguf.quantization.bench import Throughput, TypeRow
 
     def speed(tokens_per_s):
         return Throughput(tokens_per_s=tokens_per_s, texts_per_s=1.0, rounds=3, tokens_per_text=100)
 
+    worst = mean - 0.01 if measure == "cosine" else mean + 0.01
     return TypeRow(type_name=type_name, path=f"/work/{type_name}.gguf", is_source=is_source, size_bytes=2**20,
-                   bits_per_weight=8.5, documents_numerics="kv-f32 no-fa", queries_numerics="kv-f32 no-fa",
-                   documents=speed(docs), queries=speed(queries), mean_cosine=mean_cosine,
-                   min_cosine=mean_cosine - 0.01)
+                   bits_per_weight=8.5, numerics={"documents": "kv-f32 no-fa", "queries": "kv-f32 no-fa"},
+                   speeds={"documents": speed(docs), "queries": speed(queries)}, fidelity_measure=measure,
+                   fidelity_mean=mean, fidelity_worst=worst)
 
 
 MEASURED = [_row("F32", 80, 300, 1.0, is_source=True), _row("Q8_0", 95, 290, 0.9995),
             _row("Q4_K_M", 120, 410, 0.991), _row("Q2_K", 150, 380, 0.93)]
 
 
+def _cosine_floor(value):
+    from qwen3_gguf.quantization.bench import COSINE, Floor
+
+    return Floor(COSINE, value)
+
+
 def test_the_fastest_file_meeting_the_floor_is_chosen():
     from qwen3_gguf.quantization.bench import choice_line, fastest_meeting
 
-    assert fastest_meeting(MEASURED, 0.99).type_name == "Q4_K_M"     # Q2_K is faster but below the floor
-    assert fastest_meeting(MEASURED, 0.9).type_name == "Q2_K"
-    assert fastest_meeting(MEASURED, 0.999).type_name == "Q8_0"
-    assert fastest_meeting(MEASURED, 0.99, "queries").type_name == "Q4_K_M"
-    assert fastest_meeting(MEASURED, 0.999, "queries").type_name == "F32"  # the source is a file like the others
-    line = choice_line(MEASURED, 0.99)
-    assert "Q4_K_M" in line and "/work/Q4_K_M.gguf" in line and "120.0" in line
+    assert fastest_meeting(MEASURED, _cosine_floor(0.99)).type_name == "Q4_K_M"  # Q2_K is faster, below the floor
+    assert fastest_meeting(MEASURED, _cosine_floor(0.9)).type_name == "Q2_K"
+    assert fastest_meeting(MEASURED, _cosine_floor(0.999)).type_name == "Q8_0"
+    assert fastest_meeting(MEASURED, _cosine_floor(0.99), "queries").type_name == "Q4_K_M"
+    assert fastest_meeting(MEASURED, _cosine_floor(0.999), "queries").type_name == "F32"  # the source is a file too
+    line = choice_line(MEASURED, _cosine_floor(0.99))
+    assert line.startswith("fastest documents at mean cosine >= 0.99: Q4_K_M (120.0 tokens/s")
+    assert line.endswith(" /work/Q4_K_M.gguf")
+
+
+def test_a_reranker_floor_is_a_ceiling_on_delta_p():
+    from qwen3_gguf.quantization.bench import DELTA_P, Floor, choice_line, fastest_meeting
+
+    rows = [_row("F16", 80, 0, 0.0, is_source=True, measure=DELTA_P), _row("Q8_0", 95, 0, 0.002, measure=DELTA_P),
+            _row("Q4_K_M", 120, 0, 0.03, measure=DELTA_P)]
+    assert fastest_meeting(rows, Floor(DELTA_P, 0.01)).type_name == "Q8_0"
+    assert fastest_meeting(rows, Floor(DELTA_P, 0.05)).type_name == "Q4_K_M"
+    assert fastest_meeting(rows, Floor(DELTA_P, 0.001)).type_name == "F16"
+    assert fastest_meeting(rows[1:], Floor(DELTA_P, 0.001)) is None
+    assert choice_line(rows[1:], Floor(DELTA_P, 0.001)).startswith(
+        "no file reaches mean |dP(yes)| <= 0.001 (the closest: Q8_0 at 0.00200)")
 
 
 def test_no_file_meeting_the_floor_is_one_clear_line():
     from qwen3_gguf.quantization.bench import choice_line, fastest_meeting
 
     quants = MEASURED[1:]
-    assert fastest_meeting(quants, 0.9999) is None
-    line = choice_line(quants, 0.9999)
-    assert line.startswith("no file reaches mean cosine 0.9999") and "Q8_0 at 0.99950" in line
+    assert fastest_meeting(quants, _cosine_floor(0.9999)) is None
+    line = choice_line(quants, _cosine_floor(0.9999))
+    assert line.startswith("no file reaches mean cosine >= 0.9999 (the closest: Q8_0 at 0.99950)")
     assert "\n" not in line
 
 
@@ -143,20 +164,25 @@ def test_numerics_follow_the_policy_at_the_measured_lengths():
 
     from gguf import LlamaFileType
 
-    from qwen3_gguf.quantization.bench import Throughput, type_row
-    from qwen3_gguf.runtime.precision import EXACT, FAST
+    from qwen3_gguf.quantization.bench import COSINE, DELTA_P, Throughput, type_row
+    from qwen3_gguf.runtime.precision import EMBEDDING, EXACT, FAST, RERANKER
 
     def speed(tokens_per_text):
         return Throughput(tokens_per_s=1.0, texts_per_s=1.0, rounds=2, tokens_per_text=tokens_per_text)
 
     model = SimpleNamespace(path="q4.gguf", file_size=2**20, bits_per_weight=4.8)
     speeds = {"documents": speed(511), "queries": speed(29)}
-    row = type_row("Q4_K_M", model, LlamaFileType.MOSTLY_Q4_K_M, is_source=False, speeds=speeds,
-                   cosines=np.array([0.99, 0.97]))
-    assert (row.documents_numerics, row.queries_numerics) == (FAST.short, EXACT.short)
-    assert (row.mean_cosine, row.min_cosine) == (pytest.approx(0.98), pytest.approx(0.97))
-    exact = type_row("F16", model, LlamaFileType.MOSTLY_F16, is_source=True, speeds=speeds, cosines=np.ones(2))
-    assert exact.documents_numerics == exact.queries_numerics == EXACT.short
+    row = type_row("Q4_K_M", model, LlamaFileType.MOSTLY_Q4_K_M, kind=EMBEDDING, is_source=False, speeds=speeds,
+                   fidelity_measure=COSINE, fidelity=np.array([0.99, 0.97]))
+    assert row.numerics == {"documents": FAST.short, "queries": EXACT.short}
+    assert (row.fidelity_mean, row.fidelity_worst) == (pytest.approx(0.98), pytest.approx(0.97))
+    exact = type_row("F16", model, LlamaFileType.MOSTLY_F16, kind=EMBEDDING, is_source=True, speeds=speeds,
+                     fidelity_measure=COSINE, fidelity=np.ones(2))
+    assert exact.numerics == {"documents": EXACT.short, "queries": EXACT.short}
+    reranker = type_row("Q4_K_M", model, LlamaFileType.MOSTLY_Q4_K_M, kind=RERANKER, is_source=False,
+                        speeds={"documents": speed(511)}, fidelity_measure=DELTA_P, fidelity=np.array([0.01, 0.03]))
+    assert reranker.numerics == {"documents": EXACT.short}      # rerankers keep the exact path at any length
+    assert reranker.fidelity_worst == pytest.approx(0.03)       # the largest |dP|, not the smallest
 
 
 def test_bench_types_quantizes_measures_and_names_the_fastest(embedding_gguf_64, tmp_path):
@@ -167,19 +193,20 @@ def test_bench_types_quantizes_measures_and_names_the_fastest(embedding_gguf_64,
     report = json.loads(result.stdout)
     rows = {row["type_name"]: row for row in report["types"]}
     assert list(rows) == ["F32", "Q8_0", "Q4_0"]
-    assert rows["F32"]["is_source"] and rows["F32"]["mean_cosine"] == 1
+    assert rows["F32"]["is_source"] and rows["F32"]["fidelity_mean"] == pytest.approx(1, abs=1e-12)
     assert rows["F32"]["size_bytes"] > rows["Q8_0"]["size_bytes"] > rows["Q4_0"]["size_bytes"]
     assert rows["F32"]["bits_per_weight"] > rows["Q8_0"]["bits_per_weight"] > rows["Q4_0"]["bits_per_weight"]
     # Fidelity is measured, not assumed: fewer bits, further from the source.
-    assert 1 > rows["Q8_0"]["mean_cosine"] > rows["Q4_0"]["mean_cosine"] > 0.5
-    assert rows["Q4_0"]["min_cosine"] <= rows["Q4_0"]["mean_cosine"]
+    assert 1 > rows["Q8_0"]["fidelity_mean"] > rows["Q4_0"]["fidelity_mean"] > 0.5
+    assert rows["Q4_0"]["fidelity_worst"] <= rows["Q4_0"]["fidelity_mean"]
     for row in rows.values():
-        assert row["documents"]["rounds"] >= 2 and row["queries"]["rounds"] >= 2
-        assert DOCUMENT_TOKENS - 8 <= row["documents"]["tokens_per_text"] <= DOCUMENT_TOKENS
-        assert row["documents"]["tokens_per_s"] > 0 and row["queries"]["tokens_per_s"] > 0
-    meeting = [row for row in rows.values() if row["mean_cosine"] >= report["min_cosine"]]
-    assert report["min_cosine"] == 0.99
-    assert report["fastest"] == max(meeting, key=lambda row: row["documents"]["tokens_per_s"])["type_name"]
+        documents, queries = row["speeds"]["documents"], row["speeds"]["queries"]
+        assert documents["rounds"] >= 2 and queries["rounds"] >= 2
+        assert DOCUMENT_TOKENS - 8 <= documents["tokens_per_text"] <= DOCUMENT_TOKENS
+        assert documents["tokens_per_s"] > 0 and queries["tokens_per_s"] > 0
+    assert report["floor"] == {"measure": "cosine", "value": 0.99}
+    meeting = [row for row in rows.values() if row["fidelity_mean"] >= 0.99]
+    assert report["fastest"] == max(meeting, key=lambda row: row["speeds"]["documents"]["tokens_per_s"])["type_name"]
     quantized = sorted(work.glob("*.gguf"))
     assert [p.name.split("-", 1)[1] for p in quantized] == ["Q4_0.gguf", "Q8_0.gguf"]
     assert {rows["Q8_0"]["path"], rows["Q4_0"]["path"]} == {str(p) for p in quantized}
@@ -192,8 +219,9 @@ def test_bench_types_quantizes_measures_and_names_the_fastest(embedding_gguf_64,
     assert {p: p.stat().st_mtime_ns for p in quantized} == written
     assert again.stderr.count("reusing") == 2
     lines = again.stdout.splitlines()
-    assert [line.split()[0] for line in lines[2:5]] == ["F32*", "Q8_0", "Q4_0"]
-    assert lines[5].startswith("fastest documents at mean cosine >= 0.5: ") and str(work) in lines[5]
+    assert lines[1].startswith("documents of 5") and "8 queries of " in lines[1]
+    assert [line.split()[0] for line in lines[3:6]] == ["F32*", "Q8_0", "Q4_0"]
+    assert lines[6].startswith("fastest documents at mean cosine >= 0.5: ") and str(work) in lines[6]
 
 
 def _one_line_exit_2(result, *words):
@@ -229,6 +257,36 @@ def test_bench_comparison_options_need_types(tmp_path):
     _one_line_exit_2(result, "--min-cosine", "--types")
 
 
-def test_bench_types_refuses_a_reranker(reranker_tied_gguf, tmp_path):
-    result = bench(reranker_tied_gguf, "--types", "q8_0", "--work-dir", tmp_path / "work")
-    _one_line_exit_2(result, "reranker", "embedding GGUFs only")
+def test_bench_types_on_a_reranker_reports_delta_p(reranker_tied_gguf, tmp_path):
+    result = bench(reranker_tied_gguf, "--types", "q8_0", "--seconds", 1, "--threads", 1, "--work-dir",
+                   tmp_path / "work", "--max-delta-p", 0.5, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "reranker" and report["floor"] == {"measure": "|dP(yes)|", "value": 0.5}
+    rows = {row["type_name"]: row for row in report["types"]}
+    assert list(rows) == ["F32", "Q8_0"]
+    assert rows["F32"]["fidelity_mean"] == 0 and rows["F32"]["fidelity_worst"] == 0
+    assert 0 < rows["Q8_0"]["fidelity_mean"] <= rows["Q8_0"]["fidelity_worst"] < 0.5
+    for row in rows.values():
+        assert list(row["speeds"]) == ["documents"]
+        pair = row["speeds"]["documents"]
+        assert DOCUMENT_TOKENS - 8 <= pair["tokens_per_text"] <= DOCUMENT_TOKENS and pair["rounds"] >= 2
+    meeting = [row for row in rows.values() if row["fidelity_mean"] <= 0.5]
+    assert report["fastest"] == max(meeting, key=lambda row: row["speeds"]["documents"]["tokens_per_s"])["type_name"]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (("--min-cosine", "0.9"), ("reranker", "--max-delta-p")),
+    (("--fastest-for", "queries"), ("reranker", "queries")),
+    (("--max-delta-p", "1"), ("--max-delta-p", "[0, 1)")),
+    (("--max-delta-p", "-0.1"), ("--max-delta-p", "[0, 1)")),
+])
+def test_bench_types_refuses_embedding_options_for_a_reranker(reranker_tied_gguf, options, words, tmp_path):
+    result = bench(reranker_tied_gguf, "--types", "q8_0", *options, "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, *words)
+    assert not (tmp_path / "work").exists()
+
+
+def test_bench_types_refuses_a_reranker_floor_for_an_embedding_model(embedding_gguf_64, tmp_path):
+    result = bench(embedding_gguf_64, "--types", "q8_0", "--max-delta-p", "0.1", "--work-dir", tmp_path / "work")
+    _one_line_exit_2(result, "--max-delta-p", "embedding model", "--min-cosine")
