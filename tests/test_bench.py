@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from qwen3_gguf.cli import cli
-from qwen3_gguf.cli.bench import DOCUMENT_TOKENS
+from qwen3_gguf.quantization.bench import DOCUMENT_TOKENS
 
 
 def bench(*args):

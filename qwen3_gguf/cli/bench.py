@@ -15,14 +15,11 @@ from ..errors import UserError
 from ..quantization.bench import (
     DEFAULT_MAX_DELTA_P,
     DEFAULT_MIN_COSINE,
-    DOCUMENT_TOKENS,
     QUERIES_PER_ROUND,
     SPEED_KINDS,
     STOCK_TYPES,
 )
 from ._common import runtime_options
-
-__all__ = ["DOCUMENT_TOKENS", "bench"]
 
 
 @click.command()

@@ -1,10 +1,11 @@
 """Which file type is fastest on this machine at a fidelity floor (`qwen3-gguf bench --types`).
 
 A full-precision GGUF is quantized to each type (kept in a work folder, keyed by the source's
-sha256 and the type), every file embeds the same synthetic documents and queries with the types
-alternated round by round (a shared machine drifts; medians of interleaved rounds share the
-drift), and each file's vectors are compared with the source file's own, run on the exact path.
-The numerics each file runs with come from runtime.precision for the measured input lengths.
+sha256 and the type); every file runs the same synthetic inputs with the files alternated round
+by round (a shared machine drifts; medians of interleaved rounds share the drift), and each
+file's outputs are compared with the source file's own, which run on the exact path: cosine of
+an embedding model's vectors, |ΔP(yes)| of a reranker's scores. The numerics each file runs
+with come from runtime.precision for the measured input lengths.
 """
 
 from __future__ import annotations
