@@ -37,8 +37,8 @@ from ._common import runtime_options
                    f"by another file. [default: {DEFAULT_MIN_COSINE}]")
 @click.option("--max-delta-p", type=float,
               help="With --types, rerankers: the fidelity floor of the file named fastest, as mean |P(yes) - "
-                   "MODEL's P(yes)|; 0.01 is a point of probability, a shift that rarely reorders candidates "
-                   f"whose scores are apart. [default: {DEFAULT_MAX_DELTA_P}]")
+                   "MODEL's P(yes)| over query-document pairs; 0.01 is one point of probability. "
+                   f"[default: {DEFAULT_MAX_DELTA_P}]")
 @click.option("--fastest-for", type=click.Choice(SPEED_KINDS),
               help="With --types: which speed names the fastest file: documents (indexing, or rerank pairs) or "
                    "queries (search; embedding models) [default: documents].")
@@ -49,7 +49,8 @@ from ._common import runtime_options
 def bench(model: str, device: str, threads: int | None, seconds: float, types_spec: str | None,
           min_cosine: float | None, max_delta_p: float | None, fastest_for: str | None, work_dir: Path | None,
           as_json: bool) -> None:
-    """Measure how fast an embedding MODEL (GGUF file or catalog name) runs here.
+    """Measure how fast an embedding MODEL (GGUF file or catalog name) runs here; with --types,
+    which type of MODEL is fastest here at a fidelity floor.
 
     Alternates 512-token documents (one per call) and batches of 8 short queries under the
     default instruction, and prints the median tokens/s of each: the numbers to choose a
