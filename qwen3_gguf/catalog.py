@@ -199,9 +199,10 @@ def list_builds() -> list[dict]:
     return found
 
 
-def resolve_model(name_or_path: str | Path, kind: str) -> Path:
-    """The GGUF file for a path, an hf:// reference or a catalog name: a published GGUF or a
-    finished build (NotBuilt, a UserError, when the name needs a build that was not made)."""
+def resolve_model(name_or_path: str | Path, kind: str | None) -> Path:
+    """The GGUF file for a path, an hf:// reference or a catalog name of `kind` (None: either kind):
+    a published GGUF or a finished build (NotBuilt, a UserError, when the name needs a build that was
+    not made)."""
     if isinstance(name_or_path, str) and hub.hf_reference(name_or_path):
         return hub.hf_gguf(name_or_path)
     if is_model_path(name_or_path):

@@ -5,7 +5,8 @@ llama_choice (what llama.cpp itself would choose) → plan (one type per tensor,
 work) → quantizer (llama.cpp's quantizer, run in llama_quantize's child process). imatrix collects
 the importance matrix on calibration text (text_records reads it). sweep builds a family of
 quants and measures them (evaluation runs the models, fidelity compares, report writes tables);
-search chooses a type per tensor group by measuring the model (`quantize --target-bpw`).
+search chooses a type per tensor group by measuring the model (`quantize --target-bpw`); bench
+measures whole-file types on this machine, speed and fidelity side by side (`bench --types`).
 """
 
 from .imatrix import collect_imatrix, load_calibration
