@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,6 @@ class FastestResult:
     speeds_measured_now: int
     speeds_reused: int
     measured_tokens_per_s: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"predicted_tokens_per_s": self.predicted_tokens_per_s,
@@ -107,12 +106,12 @@ def fastest_quantization(model: str | Path, target: SearchTarget, settings: Sear
     floor = 1.0 - target.min_cosine if target.min_cosine is not None else target.max_delta_p
     chosen = choose_fastest(search.sensitivity, group_seconds, search.group_bytes, search.base_error, floor)
     bulk = _bulk_type(groups, chosen)
-    counts_note = (f"fastest: types chosen by measured kernel time on this CPU ({machine.threads} threads, "
+    speed_note = (f"fastest: types chosen by measured kernel time on this CPU ({machine.threads} threads, "
                    f"{cache.document_tokens}-token document), not by size")
     search = replace(search, chosen=chosen,
                      tensor_types={t: chosen[g.name] for g in groups for t in g.tensors},
                      predicted_error=search.base_error + sum(search.sensitivity[g][chosen[g]] for g in chosen),
-                     file_type=FILE_TYPE_OF[GGMLQuantizationType[bulk]], notes=[*search.notes, counts_note])
+                     file_type=FILE_TYPE_OF[GGMLQuantizationType[bulk]], notes=[*search.notes, speed_note])
     seconds = speeds[bulk].rest + sum(group_seconds[g][chosen[g]] for g in chosen)
     return FastestResult(search=search, group_seconds=group_seconds, kernels={t: speeds[t].kernels for t in options},
                          rest=speeds[bulk].rest, predicted_tokens_per_s=1.0 / seconds,
