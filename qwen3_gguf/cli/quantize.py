@@ -53,6 +53,9 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
               help="Search (embedding models): the smallest file whose mean cosine to MODEL is at least C.")
 @click.option("--max-delta-p", type=float, metavar="D",
               help="Search (rerankers): the smallest file whose mean |ΔP(yes)| to MODEL is at most D.")
+@click.option("--fastest", is_flag=True,
+              help="Search for speed: the fastest file on this CPU (measured kernel times) that meets "
+                   "--min-cosine or --max-delta-p.")
 @click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Search: stop measuring further candidate types when this much time would be exceeded.")
 @click.option("--work-dir", type=click.Path(path_type=Path),
@@ -72,7 +75,7 @@ def imatrix(obj, model: Path, output: Path, calibration: tuple[Path, ...], chunk
 @threads_option
 @click.pass_obj
 def quantize(obj, model: Path, type_name: str | None, output: Path | None, target_bpw: float | None,
-             target_size: str | None, min_cosine: float | None, max_delta_p: float | None,
+             target_size: str | None, min_cosine: float | None, max_delta_p: float | None, fastest: bool,
              budget_minutes: float | None, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
              recipe: str | None, tensor_types: tuple[str, ...], output_tensor_type: str | None,
              token_embedding_type: str | None, dry_run: bool, threads: int | None) -> None:
@@ -91,12 +94,22 @@ def quantize(obj, model: Path, type_name: str | None, output: Path | None, targe
     if output is None and not dry_run:
         raise UserError("give the file to write with -o/--output (or look at the plan with --dry-run)")
     search_options = (target_bpw, target_size, min_cosine, max_delta_p)
+    if fastest:
+        from .fastest import check_fastest_target
+
+        check_fastest_target(*search_options)
     if any(value is not None for value in search_options):
         if type_name or recipe or tensor_types or output_tensor_type or token_embedding_type or dry_run:
             raise UserError("a search target chooses every tensor's type: drop TYPE, --recipe, --tensor-type, "
                             "--output-tensor-type, --token-embedding-type and --dry-run")
         if no_imatrix and imatrix_file is not None:
             raise UserError("give --imatrix or --no-imatrix, not both")
+        if fastest:
+            from .fastest import run_fastest
+
+            run_fastest(obj, model, output, min_cosine, max_delta_p, budget_minutes, work_dir, no_imatrix,
+                        imatrix_file, threads)
+            return
         _search(obj, model, output, target_bpw, target_size, min_cosine, max_delta_p, budget_minutes, work_dir,
                 no_imatrix, imatrix_file, threads)
         return

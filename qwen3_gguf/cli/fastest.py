@@ -1,0 +1,45 @@
+"""`qwen3-gguf quantize MODEL --fastest --min-cosine C`: the search's measurements, chosen for speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def check_fastest_target(target_bpw: float | None, target_size: str | None, min_cosine: float | None,
+                         max_delta_p: float | None) -> None:
+    """--fastest minimizes time under a fidelity floor; a size target would be a second objective."""
+    if target_bpw is not None or target_size is not None:
+        raise UserError("--fastest chooses the fastest file that meets a fidelity floor; drop --target-bpw and "
+                        "--target-size and give --min-cosine C (rerankers --max-delta-p D)")
+    if min_cosine is None and max_delta_p is None:
+        raise UserError("--fastest needs a fidelity floor: --min-cosine C (embedding models) or --max-delta-p D "
+                        "(rerankers)")
+
+
+def run_fastest(obj, model: Path, output: Path, min_cosine: float | None, max_delta_p: float | None,
+                budget_minutes: float | None, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
+                threads: int | None) -> None:
+    """Search, choose for speed, build OUT.gguf with its recipe, and report predicted against measured."""
+    from ..atomic import ensure_writable
+    from ..gguf_file import read_model_file
+    from ..quantization import SearchSettings, SearchTarget, read_imatrix
+    from ..quantization.fastest import build_fastest, fastest_quantization, format_fastest, speed_path
+    from ..quantization.search import searched_paths
+
+    target = SearchTarget(min_cosine=min_cosine, max_delta_p=max_delta_p)
+    read_model_file(model)
+    ensure_writable(output)
+    work_dir = work_dir or output.parent / ".qwen3-gguf-search"
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    settings = SearchSettings(imatrix=read_imatrix(imatrix_file) if imatrix_file is not None else None,
+                              collect_imatrix=not no_imatrix, budget_minutes=budget_minutes, threads=threads)
+    result = fastest_quantization(model, target, settings, work_dir=work_dir, say=say, show_progress=True,
+                                  verbose=obj.verbose)
+    result = build_fastest(result, output, work_dir=work_dir, say=say, verbose=obj.verbose)
+    click.echo(format_fastest(result))
+    recipe_path, report_path = searched_paths(output)
+    click.echo(f"wrote {output}, {recipe_path}, {report_path} and {speed_path(output)}", err=True)
