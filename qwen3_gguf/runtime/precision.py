@@ -50,8 +50,9 @@ FAST = Numerics(kv_type=GGML_TYPE_F16, flash_attn=True)
 # 15% of its embedding error), Q6_K for rerankers (over 10%), Q2_K for rerankers (10.2%).
 FAST_FILE_TYPES = {
     EMBEDDING: frozenset({
-        LlamaFileType.MOSTLY_Q6_K, LlamaFileType.MOSTLY_Q5_K_M, LlamaFileType.MOSTLY_Q4_K_M, LlamaFileType.MOSTLY_Q4_K_S,
-        LlamaFileType.MOSTLY_Q4_0, LlamaFileType.MOSTLY_IQ4_XS, LlamaFileType.MOSTLY_Q3_K_M,
+        LlamaFileType.MOSTLY_Q6_K, LlamaFileType.MOSTLY_Q5_K_M, LlamaFileType.MOSTLY_Q4_K_M,
+        LlamaFileType.MOSTLY_Q4_K_S, LlamaFileType.MOSTLY_Q4_0, LlamaFileType.MOSTLY_IQ4_XS,
+        LlamaFileType.MOSTLY_Q3_K_M,
     }),
     RERANKER: frozenset({
         LlamaFileType.MOSTLY_Q5_K_M, LlamaFileType.MOSTLY_Q4_K_M, LlamaFileType.MOSTLY_Q4_K_S,
