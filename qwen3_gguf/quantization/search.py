@@ -62,10 +62,10 @@ BLOCK_GROUPS = (("attn_qkv", re.compile(r"attn_(q|k|v)\.weight$")),
                 ("ffn_gate_up", re.compile(r"ffn_(gate|up)\.weight$")),
                 ("ffn_down", re.compile(r"ffn_down\.weight$")))
 DP_UNITS = 8000                       # byte resolution of the knapsack: the budget in this many steps
-DEFAULT_CALIBRATION_RECORDS = 32
-DEFAULT_MAX_TOKENS = 128
+DEFAULT_CALIBRATION_RECORDS = 16
+DEFAULT_MAX_TOKENS = 64
 DEFAULT_EVAL_LIMIT = 100
-IMATRIX_CHUNKS = 32                   # decodes of 512 tokens for the importance matrix a search collects
+IMATRIX_CHUNKS = 16                   # decodes of 512 tokens for the importance matrix a search collects
 FLOOR_CHECKS = 3                      # measured choices for a fidelity floor
 ACTIVATION_CHUNKS = 8                 # decodes of 512 tokens for the proxy's weights when no imatrix is used
 
