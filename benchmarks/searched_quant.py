@@ -11,8 +11,13 @@ Targets (issue 22): on the planted fixture, at every stock size the searched fil
 at least 40% below the best stock or recipe file of that size or larger; on the random 0.6B shape
 no worse than the best of them within noise; each search within 20 minutes.
 
+The search predicts each group's error from a weight-error proxy times a scale per kind; two
+checks of that prediction follow the table: predicted against measured mean 1 − cosine on the
+calibration split for every searched file (the groups' errors adding up), and for a few groups
+each alone at the calibration type (the proxy's ranking within a kind).
+
     python benchmarks/searched_quant.py --model planted        # tests/checkpoints.py's planted fixture
-    python benchmarks/searched_quant.py --model 0.6b           # the 0.6B-shaped checkpoint of run.py
+    python benchmarks/searched_quant.py --model 0.6b --limit 48 --imatrix-chunks 32   # the 0.6B shape, in an hour
     python benchmarks/searched_quant.py --model planted --quick   # a smoke run: 2 targets, 48 eval records
 
 Prints a table and writes benchmarks/searched_quant-<model>.json.
@@ -24,9 +29,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from common import BENCH, CACHE, MIB, build_models  # also puts the checkout and tests/ on sys.path
+import numpy as np
+from common import BENCH, CACHE, MIB
+from common import build_checkpoint as build_checkpoint_0_6b  # also puts the checkout and tests/ on sys.path
 
 from qwen3_gguf.atomic import write_text_atomically
 
@@ -41,7 +49,11 @@ def model_gguf(name: str) -> Path:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     if name == "0.6b":
-        return build_models(lambda line: print(line, file=sys.stderr))["f16"]
+        out = CACHE / "embedding-0.6b-shaped-f16.gguf"       # the name build_models gives it
+        if not out.is_file():
+            convert_checkpoint(build_checkpoint_0_6b(CACHE / "embedding-0.6b-shaped"), out, outtype="f16",
+                               kind="embedding")
+        return out
     from checkpoints import FIXTURES, build_checkpoint
 
     out = CACHE / "embedding-planted-256-f32.gguf"
@@ -51,11 +63,32 @@ def model_gguf(name: str) -> Path:
     return out
 
 
+def check_groups(source: Path, out_dir: Path, settings, n_groups: int) -> dict:
+    """Evenly spaced groups, each alone at the calibration type: predicted against measured. The
+    search is run again on the sweep's measurements (all reused) for its prediction."""
+    from qwen3_gguf.quantization import read_imatrix
+    from qwen3_gguf.quantization.search import SearchTarget, measured_sensitivity, search_quantization
+    from qwen3_gguf.quantization.sweep import IMATRIX_FILE, SEARCH_FOLDER
+
+    search_settings = replace(settings.search, imatrix=read_imatrix(out_dir / IMATRIX_FILE))
+    work_dir = out_dir / SEARCH_FOLDER
+    result = search_quantization(source, SearchTarget(bits_per_weight=settings.searched[0]), search_settings,
+                                 work_dir=work_dir)
+    names = list(result.sensitivity)
+    picked = [names[round(i)] for i in np.linspace(0, len(names) - 1, min(n_groups, len(names)))]
+    measured = measured_sensitivity(result, picked, result.calibration_type, work_dir=work_dir)
+    return {"type": result.calibration_type,
+            "groups": {name: (result.sensitivity[name][result.calibration_type], measured[name]) for name in picked}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("planted", "0.6b"), default="planted")
     parser.add_argument("--quick", action="store_true", help="4.5 and 6.5 only, 48 evaluation records")
     parser.add_argument("--limit", type=int, help="evaluation records (default: all)")
+    parser.add_argument("--imatrix-chunks", type=int, help="collect the sweep's imatrix on this many chunks")
+    parser.add_argument("--check-groups", type=int, default=13,
+                        help="groups measured alone against their prediction, evenly spaced (default 13)")
     args = parser.parse_args()
 
     from qwen3_gguf.quantization.sweep import SweepSettings, run_sweep
@@ -63,7 +96,7 @@ def main() -> None:
     source = model_gguf(args.model)
     targets = (4.5, 6.5) if args.quick else TARGETS
     settings = SweepSettings(types=STOCK, recipes=RECIPES, searched=targets,
-                             limit=48 if args.quick else args.limit)
+                             limit=48 if args.quick else args.limit, imatrix_chunks=args.imatrix_chunks)
     out_dir = CACHE / f"searched-{args.model}{'-quick' if args.quick else ''}"
     started = time.perf_counter()
     result = run_sweep(source, out_dir, settings, say=lambda line: print(line, file=sys.stderr, flush=True))
@@ -73,23 +106,38 @@ def main() -> None:
         rows.append({"file": row.label, "mib": m["size_bytes"] / MIB, "bits_per_weight": m["bits_per_weight"],
                      "cosine_mean": m["fidelity"]["cosine_mean"], "cosine_min": m["fidelity"]["cosine_min"],
                      "recall_at_10": m["fidelity"]["recall_at_10"], "tokens_per_s": m["tokens_per_s"],
+                     "documents_tokens_per_s": m.get("documents_tokens_per_s"),
+                     "queries_tokens_per_s": m.get("queries_tokens_per_s"),
                      "built_s": row.built_s, "searched": row.recipe == "searched"})
+        if row.recipe == "searched":
+            report = json.loads(row.path.with_suffix(".search.json").read_text(encoding="utf-8"))
+            rows[-1].update(search_s=report["seconds"], predicted_calibration_error=report["predicted_error"],
+                            measured_calibration_error=report["measured_error"])
     for row in (r for r in rows if r["searched"]):
         rivals = [r for r in rows if not r["searched"] and r["mib"] >= row["mib"]]
         if rivals:
             best = min(1 - r["cosine_mean"] for r in rivals)
             row["error_vs_best_rival_of_this_size_or_larger"] = (1 - row["cosine_mean"]) / best if best else None
-    head = ["file", "MiB", "bits/w", "cos mean", "cos min", "recall@10", "tok/s", "built s", "err/best rival"]
+    head = ["file", "MiB", "bits/w", "cos mean", "cos min", "recall@10", "docs tok/s", "queries tok/s",
+            "built s", "err/best rival", "calib. err predicted", "measured"]
     print(" | ".join(head))
     for r in sorted(rows, key=lambda r: r["mib"]):
         ratio = r.get("error_vs_best_rival_of_this_size_or_larger")
         print(" | ".join([r["file"], f"{r['mib']:.1f}", f"{r['bits_per_weight']:.2f}", f"{r['cosine_mean']:.5f}",
-                          f"{r['cosine_min']:.5f}", f"{r['recall_at_10']:.3f}", f"{r['tokens_per_s']:.0f}",
-                          "" if r["built_s"] is None else f"{r['built_s']:.0f}",
-                          "" if ratio is None else f"{ratio:.2f}"]))
+                          f"{r['cosine_min']:.5f}", f"{r['recall_at_10']:.3f}", f"{r['documents_tokens_per_s']:.0f}",
+                          f"{r['queries_tokens_per_s']:.0f}", "" if r["built_s"] is None else f"{r['built_s']:.0f}",
+                          "" if ratio is None else f"{ratio:.2f}",
+                          f"{r['predicted_calibration_error']:.2e}" if r["searched"] else "",
+                          f"{r['measured_calibration_error']:.2e}" if r["searched"] else ""]))
+    groups = check_groups(source, out_dir, settings, args.check_groups)
+    print(f"\ngroups alone at {groups['type']}: mean 1 − cosine added over the base, calibration split")
+    print("group | predicted | measured")
+    for name, (predicted, measured) in groups["groups"].items():
+        print(f"{name} | {predicted:.2e} | {measured:.2e}")
     out = BENCH / f"searched_quant-{args.model}{'-quick' if args.quick else ''}.json"
     write_text_atomically(out, json.dumps({"model": str(source), "eval": result.eval_name, "rows": rows,
-                                               "seconds": time.perf_counter() - started}, indent=2) + "\n")
+                                           "groups_alone": groups, "seconds": time.perf_counter() - started},
+                                          indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -4,6 +4,7 @@ fixture against every stock type and recipe, the recipe that reproduces the file
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -87,11 +88,21 @@ def planted_searches(embedding_planted_gguf, tmp_path_factory):
 def test_second_search_reuses_every_measurement(planted_searches):
     _, results = planted_searches
     first, *others = results.values()
-    n_groups = len(first.sensitivity)
-    assert n_groups == 3 * 4 + 1                                  # four groups per block, the token embedding
-    assert (first.measured_now, first.reused) == (1 + 3 * n_groups, 0)
+    assert len(first.sensitivity) == 3 * 4 + 1                    # four groups per block, the token embedding
+    assert sorted(first.scales) == ["attn_output", "attn_qkv", "ffn_down", "ffn_gate_up", "token_embd"]
+    assert (first.measured_now, first.reused) == (1 + 5, 0)       # the base, then each kind at the first candidate
     for other in others:
-        assert (other.measured_now, other.reused) == (0, 1 + 3 * n_groups)
+        assert (other.measured_now, other.reused) == (0, 1 + 5)
+
+
+def test_the_proxy_singles_out_the_planted_group_among_its_kind(planted_searches):
+    """The weight-error proxy alone (no model run per group) ranks the planted group far above the
+    same tensors of the other blocks, at every candidate type."""
+    _, results = planted_searches
+    proxy = results["Q4_K_M"].proxy
+    for type_name in ("Q5_K", "Q6_K", "Q8_0"):
+        others = [proxy[f"blk.{i}.ffn_gate_up"][type_name] for i in (0, 2)]
+        assert proxy[PLANTED_GROUP][type_name] > 10 * max(others), (type_name, proxy)
 
 
 def test_planted_tensors_get_more_bits_than_the_base_type(planted_searches, embedding_planted_gguf):
@@ -161,8 +172,8 @@ def test_sigkilled_search_resumes_where_it_stopped(embedding_gguf_256, tmp_path)
     result = search_quantization(embedding_gguf_256, SearchTarget(bits_per_weight=9.0),
                                  SearchSettings(candidates=(Q.Q8_0,), calibration_records=8, max_tokens=64),
                                  work_dir=work)
-    assert result.reused == 3                                    # the base and two groups, before the kill
-    assert result.measured_now == len(result.sensitivity) + 1 - 3
+    assert result.reused == 3                                    # the base and two kinds, before the kill
+    assert result.measured_now == 1 + len(result.scales) - 3
     assert not list(work.rglob("*.partial")) and not list(work.rglob("variant.gguf"))
 
 
@@ -195,6 +206,30 @@ def test_cli_search_within_a_time_budget_then_the_recipe(embedding_gguf_256, tmp
     assert invoke("quantize", str(embedding_gguf_256), "--recipe", str(out.with_suffix(".recipe.toml")),
                   "-o", str(again)).exit_code == 0
     assert sha256(again) == sha256(out)
+
+
+def test_cli_target_size_gives_a_file_no_larger(embedding_gguf_256, tmp_path):
+    out = tmp_path / "searched.gguf"
+    size = quantize(plan_quantization(embedding_gguf_256, "Q6_K"), tmp_path / "q6.gguf").path.stat().st_size
+    outcome = invoke("quantize", str(embedding_gguf_256), "--target-size", f"{size}B", "--no-imatrix",
+                     "-o", str(out), "--work-dir", str(tmp_path / "work"))
+    assert outcome.exit_code == 0, outcome.output
+    assert f"target {size / 2**20:.1f} MiB:" in outcome.output
+    assert size * 0.9 < out.stat().st_size <= size                 # the budget spent, not exceeded
+
+
+def test_cli_reranker_search_meets_its_delta_p_floor(reranker_wide_tied_gguf, tmp_path):
+    out = tmp_path / "searched.gguf"
+    floor = 0.01
+    outcome = invoke("quantize", str(reranker_wide_tied_gguf), "--max-delta-p", str(floor), "--no-imatrix",
+                     "-o", str(out), "--work-dir", str(tmp_path / "work"))
+    assert outcome.exit_code == 0, outcome.output
+    assert "sensitivity: mean |ΔP(yes)| added over the base" in outcome.output
+    report = json.loads(out.with_suffix(".search.json").read_text(encoding="utf-8"))
+    assert report["error_measure"] == "mean |ΔP(yes)|"
+    assert report["measured_error"] <= floor                      # on the calibration split, as promised
+    assert "mean_abs_delta" in report["evaluation_fidelity"]
+    assert out.stat().st_size < 0.6 * reranker_wide_tied_gguf.stat().st_size      # smaller than F16 everywhere
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -80,16 +80,26 @@ class ModelOutputs:
     load_s: float                    # open the file and produce a first output
     tokens: int                      # tokens the model saw for the whole set
     seconds: float                   # time to process them
+    document_tokens: int = 0         # of which an embedding model's documents (the rest are queries)
+    document_seconds: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    def split_tokens_per_s(self) -> dict[str, float]:
+        """An embedding model's documents and queries tokens/s apart (empty for a reranker)."""
+        if not self.document_tokens:
+            return {}
+        return {"documents_tokens_per_s": self.document_tokens / self.document_seconds,
+                "queries_tokens_per_s": (self.tokens - self.document_tokens) / (self.seconds - self.document_seconds)}
 
     def save(self, path: Path) -> None:
         """Store as .npz (written under a temporary name, then renamed)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as partial, partial.open("wb") as file:
             np.savez(file, load_s=self.load_s, tokens=self.tokens, seconds=self.seconds,
+                     document_tokens=self.document_tokens, document_seconds=self.document_seconds,
                      **{f"output_{name}": values for name, values in self.outputs.items()})
 
     @classmethod
@@ -97,7 +107,10 @@ class ModelOutputs:
         with np.load(path) as stored:
             return cls(outputs={key.removeprefix("output_"): stored[key] for key in stored.files
                                 if key.startswith("output_")},
-                       load_s=float(stored["load_s"]), tokens=int(stored["tokens"]), seconds=float(stored["seconds"]))
+                       load_s=float(stored["load_s"]), tokens=int(stored["tokens"]), seconds=float(stored["seconds"]),
+                       **({"document_tokens": int(stored["document_tokens"]),
+                           "document_seconds": float(stored["document_seconds"])}
+                          if "document_tokens" in stored.files else {}))
 
 
 def run_model(path: Path, kind: str, evalset: EvalSet, *, max_tokens: int, threads: int | None) -> ModelOutputs:
@@ -126,12 +139,15 @@ def _run_embedder(embedder, evalset: EvalSet, started: float) -> ModelOutputs:
     embedder.encode("a first text")
     load_s = time.perf_counter() - started
     started = time.perf_counter()
-    outputs = {"documents": embedder.encode(evalset.documents, normalize=False),
-               "queries": _embed_queries(embedder, evalset.queries)}
+    documents = embedder.encode(evalset.documents, normalize=False)
+    document_seconds = time.perf_counter() - started
+    outputs = {"documents": documents, "queries": _embed_queries(embedder, evalset.queries)}
     seconds = time.perf_counter() - started
-    tokens = sum(len(embedder.tokenize(d)[0]) for d in evalset.documents) + sum(
+    document_tokens = sum(len(embedder.tokenize(d)[0]) for d in evalset.documents)
+    tokens = document_tokens + sum(
         len(embedder.tokenize(query_text(q.query, q.instruction or DEFAULT_INSTRUCTION))[0]) for q in evalset.queries)
-    return ModelOutputs(outputs=outputs, load_s=load_s, tokens=tokens, seconds=seconds)
+    return ModelOutputs(outputs=outputs, load_s=load_s, tokens=tokens, seconds=seconds,
+                        document_tokens=document_tokens, document_seconds=document_seconds)
 
 
 def _run_reranker(reranker, evalset: EvalSet, started: float) -> ModelOutputs:

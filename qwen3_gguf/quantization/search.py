@@ -1,17 +1,22 @@
 """Searched quantization: a type for every weight tensor, chosen by measuring this model.
 
     MODEL ─ measure the base ─────▶ every matrix at F16: the fidelity floor nothing beats
-          ─ measure sensitivity ──▶ one tensor group at a time at each candidate type, the rest at
-                                    the base, on a calibration split (not the evaluation set)
-          ─ choose ───────────────▶ a multiple-choice knapsack: least summed error within the byte
-                                    budget, or the fewest bytes whose predicted error meets a floor
+          ─ weight-error proxy ───▶ each tensor group at each candidate type: the importance-weighted
+                                    noise-to-signal ratio of its weights as llama.cpp stores them
+                                    (proxy.py), without running the model
+          ─ fit a scale per kind ─▶ all groups of one kind (every block's attn_qkv, say) at the first
+                                    candidate type, the rest at the base, measured on a calibration
+                                    split (not the evaluation set): measured error ÷ summed proxy
+          ─ choose ───────────────▶ a multiple-choice knapsack on proxy × scale: least summed error
+                                    within the byte budget, or the fewest bytes that meet a floor
           ─ build and re-measure ─▶ OUT.gguf from OUT.recipe.toml, measured on the calibration split
                                     (predicted against measured) and on the evaluation set
 
-The prediction assumes that the errors of separate groups add up; the report shows how well
-that held for the file built. Measurements are kept in a work folder keyed by the source's
-sha256 and the measuring settings, one file each, so a search at another target reuses them and
-a killed search resumes.
+A search runs the model 2 + (number of kinds) times, whatever the number of layers. The
+prediction assumes that the errors of separate groups add up and that a kind's groups share one
+scale; the report shows how well that held for the file built. Measurements and proxies are kept
+in a work folder keyed by the source's sha256 and the measuring settings, one file each, so a
+search at another target reuses them and a killed search resumes.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ from .imatrix import collect_imatrix
 from .importance import ImportanceMatrix, read_imatrix, write_imatrix
 from .llama_choice import fit_rows, quantizable
 from .plan import QuantPlan, plan_quantization
+from .proxy import SourceWeights, tensor_proxy
 from .quantizer import quantize
 
 Q = GGMLQuantizationType
 
 BASE_TYPE = Q.F16                     # every tensor not being measured
-# Measured in this order, one round of all groups per type: a budget that runs out keeps a spread.
+# Proxied in this order, one round of all groups per type: a budget that runs out keeps a spread.
+# The first candidate is also the type each kind's scale is measured at.
 K_CANDIDATES = (Q.Q4_K, Q.Q6_K, Q.Q3_K, Q.Q8_0, Q.Q5_K, Q.Q2_K)
 IQ_CANDIDATES = (Q.IQ4_XS, Q.IQ3_S, Q.IQ2_S)
 # The file type a recipe names, by its most common tensor type (llama.cpp writes it as general.file_type).
@@ -55,9 +62,12 @@ BLOCK_GROUPS = (("attn_qkv", re.compile(r"attn_(q|k|v)\.weight$")),
                 ("ffn_gate_up", re.compile(r"ffn_(gate|up)\.weight$")),
                 ("ffn_down", re.compile(r"ffn_down\.weight$")))
 DP_UNITS = 8000                       # byte resolution of the knapsack: the budget in this many steps
-DEFAULT_CALIBRATION_RECORDS = 32
-DEFAULT_MAX_TOKENS = 128
-DEFAULT_EVAL_LIMIT = 200
+DEFAULT_CALIBRATION_RECORDS = 16
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_EVAL_LIMIT = 100
+IMATRIX_CHUNKS = 16                   # decodes of 512 tokens for the importance matrix a search collects
+FLOOR_CHECKS = 3                      # measured choices for a fidelity floor
+ACTIVATION_CHUNKS = 8                 # decodes of 512 tokens for the proxy's weights when no imatrix is used
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,10 @@ class SearchResult:
     source_sha256: str
     target: SearchTarget
     base_error: float
-    sensitivity: dict[str, dict[str, float]]       # group → type → error added over the base
+    sensitivity: dict[str, dict[str, float]]       # group → type → predicted error added over the base
+    proxy: dict[str, dict[str, float]]             # group → type → weight-error proxy (noise-to-signal)
+    scales: dict[str, float]                       # kind → measured error ÷ summed proxy at calibration_type
+    calibration_type: str
     group_bytes: dict[str, dict[str, int]]
     chosen: dict[str, str]                         # group → type
     tensor_types: dict[str, str]                   # tensor → type
@@ -152,11 +165,11 @@ def search_quantization(model: str | Path, target: SearchTarget, settings: Searc
                         work_dir: str | Path, say: Callable[[str], None] = lambda line: None,
                         show_progress: bool = False, on_measured: Callable[[str], None] = lambda what: None,
                         verbose: bool = False) -> SearchResult:
-    """Measure `model`'s sensitivity per tensor group and choose a type per group for `target`.
+    """Predict `model`'s sensitivity per tensor group and choose a type per group for `target`.
 
     Nothing is written but measurements in `work_dir`; `build_searched` writes the file. Bad
     targets are refused before any measurement (a fidelity floor right after the base's, which
-    is what F16 gives). `on_measured(what)` is called as each new measurement is stored.
+    is what F16 gives). `on_measured(what)` is called as each new model measurement is stored.
     """
     started = time.perf_counter()
     model = Path(model)
@@ -179,27 +192,41 @@ def search_quantization(model: str | Path, target: SearchTarget, settings: Searc
         leftover.unlink(missing_ok=True)
     calibration = load_eval_set(calibration_file(), limit=settings.calibration_records)
     store = _Measurements(folder, model, source.kind, calibration, settings, say, on_measured, verbose)
-    pending = [(g, t) for t in candidates for g in groups if store.missing(_label(g.name, t))]
-    with progress_bar(total=2 + len(pending), enabled=show_progress, unit="file", desc="search") as bar:
+    kinds = _kinds(groups)
+    calibration_type = candidates[0]
+    with progress_bar(total=2 + len(kinds) + len(candidates), enabled=show_progress, unit="step",
+                      desc="search") as bar:
         store.bar = bar
         base_error = store.error("base", base_plan)
         _check_floor(target, source.kind, base_error)
+        kind_errors = {kind: store.error(_label(kind, calibration_type),
+                                         _plan_with(model, base_plan, members, calibration_type, settings))
+                       for kind, members in kinds.items()}
+        activations = settings.imatrix or _activation_statistics(model, Path(work_dir) / sha[:16], settings, say,
+                                                                 verbose)
+        proxies = _Proxies(folder, model, activations.importance(), settings, bar)
         for n_type, ggml_type in enumerate(candidates):
-            if n_type and _over_budget(settings, started, store, groups, ggml_type):
+            if n_type and _over_budget(settings, started, proxies.seconds):
                 notes.append(f"--budget-minutes {settings.budget_minutes:g}: searched among "
                              f"{', '.join(t.name for t in candidates[:n_type])} and {BASE_TYPE.name}")
                 candidates = candidates[:n_type]
                 break
-            for group in groups:
-                store.error(_label(group.name, ggml_type),
-                            _group_plan(model, base_plan, group, ggml_type, settings))
-    sensitivity = {g.name: {BASE_TYPE.name: 0.0, **{t.name: store.errors[_label(g.name, t)] - base_error
+            proxies.of(ggml_type, groups)
+    store.bar = None
+    proxy = {g.name: {t.name: proxies.table[t][g.name] for t in candidates} for g in groups}
+    scales = {kind: max(0.0, kind_errors[kind] - base_error)
+              / (sum(proxy[g.name][calibration_type.name] for g in members) or 1.0)
+              for kind, members in kinds.items()}
+    sensitivity = {g.name: {BASE_TYPE.name: 0.0, **{t.name: scales[_kind_of(g.name)] * proxy[g.name][t.name]
                                                     for t in candidates}} for g in groups}
     options = [BASE_TYPE, *candidates]
     group_bytes = {g.name: {t.name: g.n_bytes(t, shapes) for t in options} for g in groups}
-    choice = choose_types(sensitivity, group_bytes, base_error,
-                          _byte_budget(target, source, fixed_bytes, base_plan.n_elements),
-                          _error_floor(target))
+    floor = _error_floor(target)
+    if floor is None:
+        choice = choose_types(sensitivity, group_bytes, base_error,
+                              _byte_budget(target, source, fixed_bytes, base_plan.n_elements), None)
+    else:
+        choice = _meeting_floor(floor, sensitivity, group_bytes, base_error, store, groups, base_plan, settings, notes)
     tensor_types = {t: choice[g.name] for g in groups for t in g.tensors}
     predicted = base_error + sum(sensitivity[g][choice[g]] for g in choice)
     counts: dict[str, int] = {}
@@ -207,9 +234,30 @@ def search_quantization(model: str | Path, target: SearchTarget, settings: Searc
         counts[choice[g.name]] = counts.get(choice[g.name], 0) + g.n_elements
     file_type = FILE_TYPE_OF[Q[max(counts, key=counts.get)]]
     return SearchResult(model=model, kind=source.kind, source_sha256=sha, target=target, base_error=base_error,
-                        sensitivity=sensitivity, group_bytes=group_bytes, chosen=choice, tensor_types=tensor_types,
+                        sensitivity=sensitivity, proxy=proxy, scales=scales, calibration_type=calibration_type.name,
+                        group_bytes=group_bytes, chosen=choice, tensor_types=tensor_types,
                         file_type=file_type, predicted_error=predicted, measured_now=store.measured_now,
                         reused=store.reused, notes=notes, seconds=time.perf_counter() - started, settings=settings)
+
+
+def _meeting_floor(floor: float, sensitivity, group_bytes, base_error: float, store: _Measurements,
+                   groups: list[Group], base_plan: QuantPlan, settings: SearchSettings, notes: list[str]):
+    """The fewest bytes whose error meets `floor`, checked by measuring the chosen file: where the
+    measured error misses the floor, the predicted errors are scaled by measured ÷ predicted and the
+    choice made again (at most FLOOR_CHECKS measurements)."""
+    correction = 1.0
+    for _ in range(FLOOR_CHECKS):
+        scaled = {g: {t: correction * e for t, e in errors.items()} for g, errors in sensitivity.items()}
+        choice = choose_types(scaled, group_bytes, base_error, None, floor)
+        predicted_added = sum(scaled[g][choice[g]] for g in choice)
+        types = {t: choice[g.name] for g in groups for t in g.tensors}
+        label = "choice-" + hashlib.sha256(json.dumps(types, sort_keys=True).encode()).hexdigest()[:12]
+        measured = store.error(label, _plan_of(store.model, base_plan, types, settings))
+        if measured <= floor or predicted_added <= 0:
+            return choice
+        correction *= (measured - base_error) / predicted_added
+    notes.append(f"the floor was missed after {FLOOR_CHECKS} measured choices; the report shows by how much")
+    return choice
 
 
 def choose_types(sensitivity: dict[str, dict[str, float]], group_bytes: dict[str, dict[str, int]],
@@ -270,9 +318,11 @@ def recipe_text(result: SearchResult, imatrix_name: str | None) -> str:
 
 
 def build_searched(result: SearchResult, output: str | Path, *, work_dir: str | Path,
-                   say: Callable[[str], None] = lambda line: None, verbose: bool = False) -> SearchResult:
+                   say: Callable[[str], None] = lambda line: None, verbose: bool = False,
+                   evaluate: bool = True) -> SearchResult:
     """Write OUTPUT (the GGUF), OUTPUT's .recipe.toml, .search.json and (with an imatrix)
-    .imatrix.gguf, all or none; the file is built from the recipe and measured again."""
+    .imatrix.gguf, all or none; the file is built from the recipe and measured again on the
+    calibration split, and (with `evaluate`; a sweep measures its files itself) on the evaluation set."""
     output, settings = Path(output), result.settings
     recipe_path, report_path = searched_paths(output)
     imatrix_path = output.with_suffix(".imatrix.gguf") if settings.imatrix is not None else None
@@ -292,10 +342,11 @@ def build_searched(result: SearchResult, output: str | Path, *, work_dir: str | 
         say("measure the built file on the calibration split")
         result.calibration_fidelity = store.fidelity(gguf_tmp)
         result.measured_error = _error_of(result.kind, result.calibration_fidelity)
-        evalset = load_eval_set(settings.eval_file, limit=settings.eval_limit)
-        say(f"measure the built file on the evaluation set ({evalset.name})")
-        result.evaluation_fidelity, result.evaluation_name = evaluation_fidelity(
-            result.model, gguf_tmp, result.kind, evalset, settings, folder), evalset.name
+        if evaluate:
+            evalset = load_eval_set(settings.eval_file, limit=settings.eval_limit)
+            say(f"measure the built file on the evaluation set ({evalset.name})")
+            result.evaluation_fidelity, result.evaluation_name = evaluation_fidelity(
+                result.model, gguf_tmp, result.kind, evalset, settings, folder), evalset.name
         result.plan, result.n_bytes, result.bits_per_weight = plan, plan.n_bytes, plan.bits_per_weight
         result.file_size = gguf_tmp.stat().st_size
         recipe_tmp.write_text(recipe_text(result, imatrix_path.name if imatrix_path else None), encoding="utf-8")
@@ -321,6 +372,24 @@ def evaluation_fidelity(model: Path, path: Path, kind: str, evalset: EvalSet, se
     return _fidelity(kind, reference.outputs, outputs.outputs)
 
 
+def measured_sensitivity(result: SearchResult, group_names: Sequence[str], type_name: str, *,
+                         work_dir: str | Path) -> dict[str, float]:
+    """The check of the prediction, group by group: each of `group_names` alone at `type_name`, the
+    rest at the base, measured on the calibration split (mean error added over the base). Kept in
+    the work folder beside the search's own measurements."""
+    settings = result.settings
+    base_plan = _base_plan(result.model, settings)
+    groups = {g.name: g for g in _groups(base_plan)[0]}
+    calibration = load_eval_set(calibration_file(), limit=settings.calibration_records)
+    folder = Path(work_dir) / result.source_sha256[:16] / _settings_key(settings)
+    store = _Measurements(folder, result.model, result.kind, calibration, settings, lambda line: None,
+                          lambda what: None, False)
+    ggml_type = Q[type_name]
+    return {name: store.error(_label(name, ggml_type), _plan_with(result.model, base_plan, [groups[name]], ggml_type,
+                                                                  settings)) - result.base_error
+            for name in group_names}
+
+
 def format_report(result: SearchResult) -> str:
     """The sensitivity table (error added over the base, per group and type) and the outcome."""
     types = list(next(iter(result.sensitivity.values())))
@@ -328,8 +397,10 @@ def format_report(result: SearchResult) -> str:
     rows = [[g, *(f"{errors[t]:.2e}" for t in types), result.chosen[g]] for g, errors in result.sensitivity.items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"sensitivity: mean {result.error_name} added over the base ({BASE_TYPE.name} everywhere: "
-             f"{result.base_error:.2e}) when only that group is quantized, calibration split"]
+             f"{result.base_error:.2e}) when only that group is quantized, calibration split; predicted: "
+             f"weight-error proxy × a scale per kind measured at {result.calibration_type}"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.append("scales: " + ", ".join(f"{kind} {scale:.3g}" for kind, scale in result.scales.items()))
     lines.append(f"target {result.target.describe()}: {result.bits_per_weight:.2f} bits per weight, "
                  f"{result.n_bytes / 2**20:.1f} MiB of tensors")
     measured = f"{result.measured_error:.2e}" if result.measured_error is not None else "not built"
@@ -353,20 +424,15 @@ class _Measurements:
         self.folder, self.model, self.kind, self.calibration = folder, model, kind, calibration
         self.settings, self.say, self.on_measured, self.verbose = settings, say, on_measured, verbose
         self.errors: dict[str, float] = {}
-        self.seconds: list[float] = []
         self.measured_now = self.reused = 0
         self.bar = None
         self._reference = None
-
-    def missing(self, label: str) -> bool:
-        return not (self.folder / f"{label}.json").exists()
 
     def error(self, label: str, plan: QuantPlan) -> float:
         stored = self.folder / f"{label}.json"
         if stored.exists():
             measurement = json.loads(stored.read_text(encoding="utf-8"))
             self.errors[label] = measurement["error"]
-            self.seconds.append(measurement["seconds"])       # what measuring costs, for --budget-minutes
             self.reused += 1
             return self.errors[label]
         if self.bar is not None:
@@ -382,7 +448,6 @@ class _Measurements:
         self.errors[label] = _error_of(self.kind, fidelity)
         write_text_atomically(stored, json.dumps({"error": self.errors[label], "fidelity": fidelity,
                                                   "seconds": seconds}) + "\n")
-        self.seconds.append(seconds)
         self.measured_now += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -420,13 +485,42 @@ def _label(group: str, ggml_type: GGMLQuantizationType) -> str:
     return f"{group}.{ggml_type.name}"
 
 
-def _over_budget(settings: SearchSettings, started: float, store: _Measurements, groups, ggml_type) -> bool:
-    """Whether measuring a round of `ggml_type` would overrun --budget-minutes (measured means)."""
+class _Proxies:
+    """The weight-error proxy of every group at each type, one JSON file per type."""
+
+    def __init__(self, folder: Path, model: Path, importance: dict[str, np.ndarray], settings: SearchSettings, bar):
+        self.folder, self.model, self.importance, self.settings, self.bar = folder, model, importance, settings, bar
+        self.table: dict[GGMLQuantizationType, dict[str, float]] = {}
+        self.seconds: list[float] = []          # what a round costs, for --budget-minutes
+        self._weights: SourceWeights | None = None
+
+    def of(self, ggml_type: GGMLQuantizationType, groups: list[Group]) -> dict[str, float]:
+        stored = self.folder / f"proxy.{ggml_type.name}.json"
+        if stored.exists():
+            round_ = json.loads(stored.read_text(encoding="utf-8"))
+        else:
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"proxy {ggml_type.name}")
+            started = time.perf_counter()
+            self._weights = self._weights or SourceWeights(self.model)
+            quantizer_importance = self.importance if self.settings.imatrix is not None else {}
+            proxies = {g.name: sum(tensor_proxy(self._weights, t, ggml_type, self.importance.get(t),
+                                                quantizer_importance.get(t)) for t in g.tensors) for g in groups}
+            round_ = {"proxy": proxies, "seconds": time.perf_counter() - started}
+            write_text_atomically(stored, json.dumps(round_) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+        self.seconds.append(round_["seconds"])
+        self.table[ggml_type] = round_["proxy"]
+        return self.table[ggml_type]
+
+
+def _over_budget(settings: SearchSettings, started: float, round_seconds: list[float]) -> bool:
+    """Whether one more round of proxies would overrun --budget-minutes (by the rounds so far)."""
     if settings.budget_minutes is None:
         return False
-    to_measure = sum(store.missing(_label(g.name, ggml_type)) for g in groups)
-    mean = float(np.mean(store.seconds)) if store.seconds else 0.0
-    return time.perf_counter() - started + to_measure * mean > 60 * settings.budget_minutes
+    mean = float(np.mean(round_seconds)) if round_seconds else 0.0
+    return time.perf_counter() - started + mean > 60 * settings.budget_minutes
 
 
 def _settings_key(settings: SearchSettings) -> str:
@@ -449,10 +543,28 @@ def _base_plan(model: Path, settings: SearchSettings) -> QuantPlan:
                              tensor_types=[f"^{re.escape(n)}$={BASE_TYPE.name}" for n in names])
 
 
-def _group_plan(model: Path, base: QuantPlan, group: Group, ggml_type, settings: SearchSettings) -> QuantPlan:
-    rules = [f"^{re.escape(t.name)}$={(ggml_type if t.name in group.tensors else BASE_TYPE).name}"
+def _plan_with(model: Path, base: QuantPlan, groups: list[Group], ggml_type, settings: SearchSettings) -> QuantPlan:
+    """The base plan with `groups` at `ggml_type`."""
+    return _plan_of(model, base, {t: ggml_type.name for g in groups for t in g.tensors}, settings)
+
+
+def _plan_of(model: Path, base: QuantPlan, tensor_types: dict[str, str], settings: SearchSettings) -> QuantPlan:
+    """The base plan with the given tensors at the given types."""
+    rules = [f"^{re.escape(t.name)}$={tensor_types.get(t.name, BASE_TYPE.name)}"
              for t in base.tensors if t.chosen_by_llama]
     return plan_quantization(model, "Q8_0", imatrix=settings.imatrix, tensor_types=rules)
+
+
+def _kind_of(group_name: str) -> str:
+    """blk.3.attn_qkv → attn_qkv; token_embd → token_embd; cls.output → cls.output."""
+    return re.sub(r"^blk\.\d+\.", "", group_name)
+
+
+def _kinds(groups: list[Group]) -> dict[str, list[Group]]:
+    kinds: dict[str, list[Group]] = {}
+    for g in groups:
+        kinds.setdefault(_kind_of(g.name), []).append(g)
+    return kinds
 
 
 def _groups(base: QuantPlan) -> tuple[list[Group], dict[str, tuple[int, ...]]]:
@@ -471,13 +583,29 @@ def _groups(base: QuantPlan) -> tuple[list[Group], dict[str, tuple[int, ...]]]:
 
 
 def _collected_imatrix(model: Path, folder: Path, settings: SearchSettings, say, verbose: bool) -> ImportanceMatrix:
-    """The importance matrix on the shipped calibration set, as the builds collect it; kept in `folder`."""
-    path = folder / "imatrix.gguf"
+    """The importance matrix on the first IMATRIX_CHUNKS decodes of the shipped calibration set (all of
+    it would take longer than the rest of a search); kept in `folder`, written beside the file."""
+    path = folder / f"imatrix-{IMATRIX_CHUNKS}.gguf"
     if path.exists():
         say(f"imatrix {path}: collected before")
         return read_imatrix(path)
-    say("imatrix: collecting on the shipped calibration set")
-    matrix = collect_imatrix(model, device="cpu", threads=settings.threads, verbose=verbose).matrix
+    say(f"imatrix: collecting on {IMATRIX_CHUNKS} chunks of the shipped calibration set")
+    matrix = collect_imatrix(model, device="cpu", max_chunks=IMATRIX_CHUNKS, threads=settings.threads,
+                             verbose=verbose).matrix
+    folder.mkdir(parents=True, exist_ok=True)
+    write_imatrix(matrix, path)
+    return matrix
+
+
+def _activation_statistics(model: Path, folder: Path, settings: SearchSettings, say, verbose: bool) -> ImportanceMatrix:
+    """Without an importance matrix for the quantizer, the proxy still weighs columns by their
+    activations: a short collection (ACTIVATION_CHUNKS decodes) on the shipped calibration set."""
+    path = folder / f"activations-{ACTIVATION_CHUNKS}.gguf"
+    if path.exists():
+        return read_imatrix(path)
+    say("activations: collecting on the shipped calibration set, for the proxy's weights")
+    matrix = collect_imatrix(model, device="cpu", max_chunks=ACTIVATION_CHUNKS, threads=settings.threads,
+                             verbose=verbose).matrix
     folder.mkdir(parents=True, exist_ok=True)
     write_imatrix(matrix, path)
     return matrix

@@ -196,7 +196,7 @@ def _measure(rows: list[SweepFile], kind: str, evalset, settings: SweepSettings,
         run = outputs[row.same_as or row.label]
         facts = read_model_file(row.path)
         row.measured = {"size_bytes": facts.file_size, "bits_per_weight": facts.bits_per_weight,
-                        "load_s": run.load_s, "tokens_per_s": run.tokens_per_s}
+                        "load_s": run.load_s, "tokens_per_s": run.tokens_per_s, **run.split_tokens_per_s()}
         if kind == "embedding":
             row.measured["fidelity"] = embedding_fidelity(reference, run.outputs)
             row.measured["fidelity_reduced_dim"] = embedding_fidelity(reference, run.outputs, reduced_dim)
@@ -353,7 +353,8 @@ def _searched(reference: Path, out_dir: Path, bpw: float, matrix, settings: Swee
                               eval_file=settings.eval_file, eval_limit=settings.limit)
     result = search_quantization(reference, SearchTarget(bits_per_weight=bpw), search_settings,
                                  work_dir=out_dir / SEARCH_FOLDER, say=say, verbose=verbose)
-    build_searched(result, path, work_dir=out_dir / SEARCH_FOLDER, say=say, verbose=verbose)
+    build_searched(result, path, work_dir=out_dir / SEARCH_FOLDER, say=say, verbose=verbose,
+                   evaluate=False)                  # the sweep measures every file on its evaluation set
     row.built_s = time.perf_counter() - started
     row.planned = result.tensor_types
     return row
