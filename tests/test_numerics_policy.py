@@ -31,6 +31,9 @@ from qwen3_gguf.runtime.precision import (
 
 BUDGET = 0.1  # the engine may add at most this fraction of the file's own error
 DOCUMENTS = [
+    "Short note. " + " ".join(f"Harbour {i} has tides." for i in range(12)),  # just over FAST_FROM_TOKENS
+    "Report. " + " ".join(f"Section {i} covers harbour {i % 9}." for i in range(25)),
+] + [
     "Long report. " + " ".join(f"Section {i} covers harbour {i % 9} and its tides." for i in range(40 + 25 * k))
     for k in range(4)
 ] + ["Chronik. " + " ".join(f"Im Jahr {1800 + i} wuchs die Stadt um {i} Häuser." for i in range(120))]

@@ -9,9 +9,10 @@ So files whose weights are exact (F32, F16, BF16) get an F32 cache without flash
 
 A quantized file may run with the fast numerics (F16 cache, flash attention) where the error they
 add stays within a tenth of the file's own quantization error, measured separately for embeddings
-and rerankers (the budget is checked per kind and type by tests/test_numerics_policy.py), and only
-for inputs long enough for attention to cost something: below FAST_FROM_TOKENS the exact path is
-within a few percent of the fast one, so short inputs keep it. Numbers: benchmarks/results.md
+and rerankers (the budget is checked per kind and type by tests/test_numerics_policy.py), for inputs
+of at least FAST_FROM_TOKENS tokens: ggml-cpu's flash attention accumulates shorter decodes in F16,
+so queries and other short inputs keep the exact path (the fast one gains 17-25% from 128 tokens
+on, 29-31% at 2,048: benchmarks/results.md, "profile-ops"). Numbers: benchmarks/results.md
 ("Numerics") and docs/performance.md.
 """
 
@@ -59,7 +60,7 @@ FAST_FILE_TYPES = {
         LlamaFileType.MOSTLY_Q4_0, LlamaFileType.MOSTLY_Q3_K_M,
     }),
 }
-FAST_FROM_TOKENS = 256
+FAST_FROM_TOKENS = 64  # = context.FA_TILE_ROWS: shorter decodes would accumulate in F16
 
 
 def numerics_for(file_type: int | None, *, kind: str = EMBEDDING, n_tokens: int | None = None) -> Numerics:
