@@ -181,7 +181,10 @@ def test_numerics_follow_the_policy_at_the_measured_lengths():
     assert exact.numerics == {"documents": EXACT.short, "queries": EXACT.short}
     reranker = type_row("Q4_K_M", model, LlamaFileType.MOSTLY_Q4_K_M, kind=RERANKER, is_source=False,
                         speeds={"documents": speed(511)}, fidelity_measure=DELTA_P, fidelity=np.array([0.01, 0.03]))
-    assert reranker.numerics == {"documents": EXACT.short}      # rerankers keep the exact path at any length
+    assert reranker.numerics == {"documents": FAST.short}       # Q4_K_M rerankers run long prompts fast too
+    reranker_q8 = type_row("Q8_0", model, LlamaFileType.MOSTLY_Q8_0, kind=RERANKER, is_source=False,
+                           speeds={"documents": speed(511)}, fidelity_measure=DELTA_P, fidelity=np.array([0.01]))
+    assert reranker_q8.numerics == {"documents": EXACT.short}   # ... and Q8_0 ones keep the exact path
     assert reranker.fidelity_worst == pytest.approx(0.03)       # the largest |dP|, not the smallest
 
 

@@ -11,8 +11,8 @@ A quantized file may run with the fast numerics (F16 cache, flash attention) whe
 add stays within a tenth of the file's own quantization error, measured separately for embeddings
 and rerankers (the budget is checked per kind and type by tests/test_numerics_policy.py), for inputs
 of at least FAST_FROM_TOKENS tokens: ggml-cpu's flash attention accumulates shorter decodes in F16,
-so queries and other short inputs keep the exact path (the fast one gains 17-25% from 128 tokens
-on, 29-31% at 2,048: benchmarks/results.md, "profile-ops"). Numbers: benchmarks/results.md
+so queries and other short inputs keep the exact path (the fast one gains 14-25% at 128 tokens,
+30-41% at 2,048: benchmarks/results.md, "profile-ops"). Numbers: benchmarks/results.md
 ("Numerics") and docs/performance.md.
 """
 
