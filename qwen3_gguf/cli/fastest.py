@@ -24,19 +24,14 @@ def run_fastest(obj, model: Path, output: Path, min_cosine: float | None, max_de
                 budget_minutes: float | None, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
                 threads: int | None) -> None:
     """Search, choose for speed, build OUT.gguf with its recipe, and report predicted against measured."""
-    from ..atomic import ensure_writable
-    from ..gguf_file import read_model_file
-    from ..quantization import SearchSettings, SearchTarget, read_imatrix
+    from ..quantization import SearchTarget
     from ..quantization.fastest import build_fastest, fastest_quantization, format_fastest, speed_path
     from ..quantization.search import searched_paths
+    from .quantize import prepared_search
 
     target = SearchTarget(min_cosine=min_cosine, max_delta_p=max_delta_p)
-    read_model_file(model)
-    ensure_writable(output)
-    work_dir = work_dir or output.parent / ".qwen3-gguf-search"
-    say = lambda line: click.echo(line, err=True)  # noqa: E731
-    settings = SearchSettings(imatrix=read_imatrix(imatrix_file) if imatrix_file is not None else None,
-                              collect_imatrix=not no_imatrix, budget_minutes=budget_minutes, threads=threads)
+    work_dir, say, settings = prepared_search(model, output, work_dir, no_imatrix, imatrix_file, budget_minutes,
+                                              threads)
     result = fastest_quantization(model, target, settings, work_dir=work_dir, say=say, show_progress=True,
                                   verbose=obj.verbose)
     result = build_fastest(result, output, work_dir=work_dir, say=say, verbose=obj.verbose)
