@@ -143,3 +143,18 @@ def token_progress(desc: str = "embedding"):
 def rate(counts, started: float) -> str:
     seconds = time.perf_counter() - started
     return f"{seconds:.1f} s, {counts.tokens / max(seconds, 1e-9):.0f} tokens/s"
+
+
+def prepared_search(model: Path, output: Path, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
+                    budget_minutes: float | None, threads: int | None):
+    """What every search starts from, after refusing what cannot be searched or written: its work folder,
+    the progress printer and the settings."""
+    from ..atomic import ensure_writable
+    from ..gguf_file import read_model_file
+    from ..quantization import SearchSettings, read_imatrix
+
+    read_model_file(model)
+    ensure_writable(output)
+    settings = SearchSettings(imatrix=read_imatrix(imatrix_file) if imatrix_file is not None else None,
+                              collect_imatrix=not no_imatrix, budget_minutes=budget_minutes, threads=threads)
+    return work_dir or output.parent / ".qwen3-gguf-search", lambda line: click.echo(line, err=True), settings

@@ -27,7 +27,7 @@ def run_fastest(obj, model: Path, output: Path, min_cosine: float | None, max_de
     from ..quantization import SearchTarget
     from ..quantization.fastest import build_fastest, fastest_quantization, format_fastest, speed_path
     from ..quantization.search import searched_paths
-    from .quantize import prepared_search
+    from ._common import prepared_search
 
     target = SearchTarget(min_cosine=min_cosine, max_delta_p=max_delta_p)
     work_dir, say, settings = prepared_search(model, output, work_dir, no_imatrix, imatrix_file, budget_minutes,

@@ -189,21 +189,6 @@ def sweep(obj, src: Path, out_dir: Path, types: str | None, recipes: str | None,
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
 
 
-def prepared_search(model: Path, output: Path, work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None,
-                    budget_minutes: float | None, threads: int | None):
-    """What every search starts from, after refusing what cannot be searched or written: its work folder,
-    the progress printer and the settings."""
-    from ..atomic import ensure_writable
-    from ..gguf_file import read_model_file
-    from ..quantization import SearchSettings, read_imatrix
-
-    read_model_file(model)
-    ensure_writable(output)
-    settings = SearchSettings(imatrix=read_imatrix(imatrix_file) if imatrix_file is not None else None,
-                              collect_imatrix=not no_imatrix, budget_minutes=budget_minutes, threads=threads)
-    return work_dir or output.parent / ".qwen3-gguf-search", lambda line: click.echo(line, err=True), settings
-
-
 def _search(obj, model: Path, output: Path, target_bpw, target_size, min_cosine, max_delta_p, budget_minutes,
             work_dir: Path | None, no_imatrix: bool, imatrix_file: Path | None, threads: int | None) -> None:
     """quantize with a target: measure, choose, build OUT.gguf with its recipe and report."""
@@ -212,6 +197,8 @@ def _search(obj, model: Path, output: Path, target_bpw, target_size, min_cosine,
 
     target = SearchTarget(bits_per_weight=target_bpw, file_bytes=_bytes(target_size) if target_size else None,
                           min_cosine=min_cosine, max_delta_p=max_delta_p)
+    from ._common import prepared_search
+
     work_dir, say, settings = prepared_search(model, output, work_dir, no_imatrix, imatrix_file, budget_minutes,
                                               threads)
     result = search_quantization(model, target, settings, work_dir=work_dir, say=say, show_progress=True,
