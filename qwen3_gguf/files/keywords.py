@@ -38,35 +38,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Part of every collection from schema version 2 on (the migration builds it for older ones).
-KEYWORD_INDEX = """
-CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='trigram');
-CREATE TRIGGER chunk_text_added AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
+
+def _fts_index(table: str, tokenizer: str, trigger: str) -> str:
+    """An FTS5 index over chunks.text, kept in step with the chunks by triggers in the same transactions."""
+    return f"""
+CREATE VIRTUAL TABLE {table} USING fts5(text, content='chunks', content_rowid='id', tokenize='{tokenizer}');
+CREATE TRIGGER {trigger}_added AFTER INSERT ON chunks BEGIN
+    INSERT INTO {table} (rowid, text) VALUES (new.id, new.text);
 END;
-CREATE TRIGGER chunk_text_removed AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+CREATE TRIGGER {trigger}_removed AFTER DELETE ON chunks BEGIN
+    INSERT INTO {table} ({table}, rowid, text) VALUES ('delete', old.id, old.text);
 END;
-CREATE TRIGGER chunk_text_changed AFTER UPDATE OF text ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
-    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
+CREATE TRIGGER {trigger}_changed AFTER UPDATE OF text ON chunks BEGIN
+    INSERT INTO {table} ({table}, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO {table} (rowid, text) VALUES (new.id, new.text);
 END;
 """
+
+
+# Part of every collection from schema version 2 on (the migration builds it for older ones).
+KEYWORD_INDEX = _fts_index("chunks_fts", "trigram", "chunk_text")
 BUILD_KEYWORD_INDEX = "INSERT INTO chunks_fts (chunks_fts) VALUES ('rebuild');"
 # Part of every collection from schema version 3 on (the migration builds it for older ones).
-WORD_INDEX = """
-CREATE VIRTUAL TABLE chunks_words USING fts5(text, content='chunks', content_rowid='id', tokenize='unicode61');
-CREATE TRIGGER chunk_words_added AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_words (rowid, text) VALUES (new.id, new.text);
-END;
-CREATE TRIGGER chunk_words_removed AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_words (chunks_words, rowid, text) VALUES ('delete', old.id, old.text);
-END;
-CREATE TRIGGER chunk_words_changed AFTER UPDATE OF text ON chunks BEGIN
-    INSERT INTO chunks_words (chunks_words, rowid, text) VALUES ('delete', old.id, old.text);
-    INSERT INTO chunks_words (rowid, text) VALUES (new.id, new.text);
-END;
-"""
+WORD_INDEX = _fts_index("chunks_words", "unicode61", "chunk_words")
 BUILD_WORD_INDEX = "INSERT INTO chunks_words (chunks_words) VALUES ('rebuild');"
 INDEXES = ("chunks_words", "chunks_fts")
 TRIGRAM = 3
