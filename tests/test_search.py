@@ -218,6 +218,18 @@ def test_terms_in_half_the_chunks_or_more_weigh_nothing(tmp_path):
             [("the river", 0), ("the stone river", 0), ("river delta", 0)]
 
 
+def test_a_path_glob_keeps_the_keyword_ranking_of_the_files_it_matches(tmp_path):
+    texts = ["the river", "the stone river", "river river river", "the cloud", "a lantern by the water", "the end"]
+    with Collection(tmp_path / "v.db") as collection:
+        add_texts(collection, tmp_path / "a", texts[:3])
+        add_texts(collection, tmp_path / "b", texts[3:])
+        for query in ("river lantern", "the"):     # BM25-ranked terms; a weightless term (in 5 of 6 chunks)
+            everywhere = collection.search(query, mode="keyword", k=10)
+            under_b = collection.search(query, mode="keyword", k=10, path_glob=str(tmp_path / "b" / "*"))
+            assert under_b and [(h.path, h.bm25) for h in under_b] == \
+                [(h.path, h.bm25) for h in everywhere if "/b/" in h.path]
+
+
 def test_hybrid_is_the_same_whether_keywords_are_ranked_in_a_second_thread_or_not(tmp_path, monkeypatch):
     texts = ["river stone cloud", "lantern copper meadow", "river river river stone", "signal harbor violet",
              "engine orbit timber", "quiet forest path"]       # "river" and "stone" in 2 of 6: both weigh

@@ -112,7 +112,7 @@ def _by_words(db: sqlite3.Connection, words: list[str], n: int, where_path: str,
         rows = _by_bm25(db, "chunks_words", informative, n, where_path, glob)
     if weightless and len(rows) < n:
         scored = {chunk_id for chunk_id, _ in rows}
-        rest = db.execute("SELECT c.id FROM chunks_words JOIN chunks c ON c.id = chunks_words.rowid "
+        rest = db.execute(f"SELECT chunks_words.rowid FROM chunks_words{_chunks_join('chunks_words', where_path)} "
                           f"WHERE chunks_words MATCH ?{where_path} ORDER BY chunks_words.rowid LIMIT ?",
                           [_any_of(weightless), *glob, n + len(rows)])
         rows += [(chunk_id, 0.0) for (chunk_id,) in rest if chunk_id not in scored][:n - len(rows)]
@@ -134,9 +134,16 @@ def _by_trigrams(db: sqlite3.Connection, words: list[str], n: int, where_path: s
 def _by_bm25(db: sqlite3.Connection, index: str, words: list[str], n: int, where_path: str,
              glob: list[str]) -> list[tuple]:
     """The n chunks holding any of `words` with the best BM25 on `index` (ties: the older chunk first)."""
-    return db.execute(f"SELECT c.id, -bm25({index}) FROM {index} JOIN chunks c ON c.id = {index}.rowid "
-                      f"WHERE {index} MATCH ?{where_path} ORDER BY bm25({index}), c.id LIMIT ?",
+    return db.execute(f"SELECT {index}.rowid, -bm25({index}) FROM {index}{_chunks_join(index, where_path)} "
+                      f"WHERE {index} MATCH ?{where_path} ORDER BY bm25({index}), {index}.rowid LIMIT ?",
                       [_any_of(words), *glob, n]).fetchall()
+
+
+def _chunks_join(index: str, where_path: str) -> str:
+    """The join to the chunks that a path filter needs. Without one the index's rowids are the chunk
+    ids: joining every match to its chunk row costs more than BM25 itself (a B-tree lookup into a
+    table of text pages for each of possibly many thousand matches)."""
+    return f" JOIN chunks c ON c.id = {index}.rowid" if where_path else ""
 
 
 def _quoted(term: str) -> str:
