@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import secrets
@@ -392,7 +393,7 @@ class Collection:
             if mode == "keyword":
                 hits = self._keyword_hits(query, n, pattern)
             elif mode == "vector":
-                hits = self._vector_hits(self._nearest(vector, n, pattern))
+                hits = self._vector_hits(self._vector_scan(pattern)(vector, n))
             else:
                 hits = self._hybrid_hits(query, vector, n, pattern, fusion)
         if reranker is not None and hits:
@@ -415,14 +416,17 @@ class Collection:
         depth = max(n, HYBRID_DEPTH)
         # The two rankings are made at once, in one read transaction: the vector scan runs in numpy and
         # the keyword ranking in SQLite, both without the GIL, so on two cores hybrid costs about the
-        # slower of the two rather than their sum.
+        # slower of the two rather than their sum. The scan reads what it needs from SQLite before the
+        # keyword ranking starts: SQLite runs one call at a time on a connection, so a read after it
+        # started would wait for the whole ranking.
+        scan = self._vector_scan(pattern)
         if SHARED_CONNECTIONS:
             with ThreadPoolExecutor(max_workers=1) as keyword_thread:
                 ranking = keyword_thread.submit(best_matches, self._db, query, depth, pattern)
-                nearest_ = self._nearest(vector, depth, pattern)
+                nearest_ = scan(vector, depth)
                 keyword = ranking.result()
         else:
-            keyword, nearest_ = best_matches(self._db, query, depth, pattern), self._nearest(vector, depth, pattern)
+            keyword, nearest_ = best_matches(self._db, query, depth, pattern), scan(vector, depth)
         scored = keyword.scores > 0     # chunks holding only weightless terms tie at 0: no ranking to fuse
         keyword = replace(keyword, ids=keyword.ids[scored], scores=keyword.scores[scored])
         fused = fuse(keyword.ids, nearest_.ids, fusion)
@@ -435,11 +439,14 @@ class Collection:
                 zip(ids.tolist(), fused.scores.tolist(), cosines, fused.keyword_ranks.tolist(),
                     fused.vector_ranks.tolist())]
 
-    def _nearest(self, vector: np.ndarray, n: int, pattern: str | None) -> Scored:
-        """The exact n nearest chunks (inside the caller's read transaction)."""
+    def _vector_scan(self, pattern: str | None) -> Callable[[np.ndarray, int], Scored]:
+        """`scan(vector, n)`: the exact n nearest chunks of the caller's read transaction. What the scan
+        needs from SQLite is read here; the scan itself is numpy (it reads SQLite again only for
+        chunks the vector files do not hold yet)."""
         vectors, snapshot = self._vectors_and_snapshot()
         allowed = self._chunks_under(pattern) if pattern else None
-        return nearest(vector, n, vectors, snapshot, self._fetch_vectors, allowed)
+        return functools.partial(nearest, vectors=vectors, snapshot=snapshot, fetch=self._fetch_vectors,
+                                 allowed=allowed)
 
     def _query_vector(self, vector) -> np.ndarray:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
