@@ -15,11 +15,15 @@ text per chunk, 10 chunks per file) and measures, in fresh processes:
   words (in every chunk: weightless, see files/keywords.py);
 - the sizes of the two FTS5 indexes (words and trigrams), and `Collection.add` throughput with
   both, with the word index only, and with neither (rounds alternated, medians);
+- with `--index-model GGUF`, only this: `Collection.index` (what `qwen3-gguf index` runs) of a
+  folder of text files end to end with that model, with both keyword indexes and with neither
+  (rounds alternated, medians), kept in the JSON beside the collections' rows;
 - the old path for reference (every row's vector read out of SQLite per query, as release 1 did);
 - RSS (current and peak) of the searching process, and the size of the files on disk.
 
     python benchmarks/store.py                      # 10⁴, 10⁵, 10⁶ at 1,024 dims; 10⁴, 10⁵ at 4,096
     python benchmarks/store.py --sizes 10000 --dims 1024 --queries 20
+    python benchmarks/store.py --index-model benchmarks/.cache/embedding-0.6b-shaped-q8_0.gguf
 
 Prints a table and writes benchmarks/store.json (keeping the rows of collections not measured
 this time).
@@ -38,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, ROOT, write_section
+from common import BENCH, ROOT, cpu_kind, write_section
 
 from qwen3_gguf.atomic import write_text_atomically
 from qwen3_gguf.files.store import Collection
@@ -50,6 +54,8 @@ BUILD_BATCH = 20_000
 TOP_K = 10
 ADD_THROUGHPUT_ROWS = 10_000   # chunks added when indexing throughput is compared with and without FTS
 ADD_THROUGHPUT_ROUNDS = 3
+INDEX_FILES = 12               # files of TEXT_CHARS characters indexed end to end with a real model
+INDEX_ROUNDS = 4
 SHARDS = 4                     # chunk i holds the word shard{i % SHARDS}: a term in a quarter of the chunks
 KEYWORD_TRIGGERS = {"words": ("chunk_words_added", "chunk_words_removed", "chunk_words_changed"),
                     "trigram": ("chunk_text_added", "chunk_text_removed", "chunk_text_changed")}
@@ -69,12 +75,23 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the collections built")
     parser.add_argument("--json", type=Path, default=BENCH / "store.json")
     parser.add_argument("--report", action="store_true", help="only rewrite results.md's section from --json")
+    parser.add_argument("--index-model", type=Path, metavar="GGUF",
+                        help="only time `index` end to end with this model, with and without the keyword indexes")
+    parser.add_argument("--index-files", type=int, default=INDEX_FILES, help="text files indexed per run")
     parser.add_argument("--measure", nargs=2, metavar=("DB", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure[0]), args.measure[1], args.queries)))
         return
     if args.report:
+        write_results_section(json.loads(args.json.read_text()))
+        return
+    if args.index_model:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        timed = index_throughput(args.dir, args.index_model, args.index_files)
+        print(json.dumps(timed, indent=1))
+        report = json.loads(args.json.read_text())
+        write_json(args.json, report["rows"], index_end_to_end=timed)
         write_results_section(json.loads(args.json.read_text()))
         return
 
@@ -111,6 +128,7 @@ def run_one(args, size: int, dim: int) -> dict:
         collection.add(records(size, dim), model=f"synthetic-{dim}")
     build_s = time.perf_counter() - started
     row = {"chunks": size, "dim": dim, "build_s": round(build_s, 1), "load_average": round(os.getloadavg()[0], 1),
+           "cpu": cpu_kind(),
            "db_bytes": sum(p.stat().st_size for p in [db, db.with_name(db.name + "-wal")] if p.exists()),
            "vectors_bytes": matrix_path(db).stat().st_size}
     warm = child(db, "warm", args.queries)
@@ -275,6 +293,45 @@ def add_throughput(folder: Path, dim: int, rows: int) -> dict:
     return {f"add_rows_per_s_{kept}": round(float(np.median(rate))) for kept, rate in rates.items()}
 
 
+def index_throughput(folder: Path, model: Path, files: int) -> dict:
+    """Seconds for `Collection.index` of `files` text files with `model` (loaded once, outside the
+    timing), with both keyword indexes and with neither (their triggers dropped before indexing),
+    INDEX_ROUNDS rounds, alternated and each round in the other order; medians and minima (the
+    embedding's run-to-run spread is far larger than the indexes' cost, so every run is kept too)."""
+    from qwen3_gguf import Embedder
+
+    source = folder / "index-source"
+    source.mkdir(exist_ok=True)
+    for i, text in enumerate(synthetic_texts()[:files]):
+        (source / f"note{i:03d}.txt").write_text(f"{text} chunk-{i}\n")
+    seconds = {"both": [], "none": []}
+    chunks = None
+    with Embedder(model) as embedder:
+        embedder.encode(["warm up"])
+        for round_ in range(INDEX_ROUNDS):
+            for kept in sorted(seconds, reverse=round_ % 2 == 1):
+                db = folder / f"index-{kept}.db"
+                for stale in db.parent.glob(db.name + "*"):
+                    stale.unlink()
+                with Collection(db, embedder=embedder) as collection:
+                    if kept == "none":
+                        for trigger in (t for names in KEYWORD_TRIGGERS.values() for t in names):
+                            collection._db.execute(f"DROP TRIGGER {trigger}")
+                    started = time.perf_counter()
+                    collection.index([str(source)])
+                    seconds[kept].append(time.perf_counter() - started)
+                    chunks = len(collection)
+                for path in db.parent.glob(db.name + "*"):
+                    path.unlink()
+    both, none = (float(np.median(seconds[kept])) for kept in ("both", "none"))
+    return {"model": model.name, "files": files, "chunks": chunks, "rounds": INDEX_ROUNDS,
+            "seconds_with_keyword_indexes": round(both, 2), "seconds_without": round(none, 2),
+            "slower_percent": round(100 * (both / none - 1), 2),
+            "fastest_slower_percent": round(100 * (min(seconds["both"]) / min(seconds["none"]) - 1), 2),
+            "runs": {kept: [round(t, 2) for t in times] for kept, times in seconds.items()},
+            "load_average": round(os.getloadavg()[0], 1)}
+
+
 def brute_force(db: Path, query_set: np.ndarray) -> list[list[tuple[str, int]]]:
     """Top 10 (path, chunk) per query by float64 dot products of the vectors stored in SQLite."""
     import sqlite3
@@ -327,7 +384,7 @@ COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "
            ("sqlite_scan_ms", "release-1 scan ms", "{:.0f}"), ("exact_top10", "exact", "{}"),
            ("rss_mib", "RSS MiB", "{:,}"), ("db_bytes", "db GiB", "{:.2f}"), ("vectors_bytes", "matrix GiB", "{:.2f}"),
            ("add_one_file_s", "add 1 file s", "{:.1f}"), ("build_s", "build s", "{:.0f}"),
-           ("load_average", "load avg", "{:.1f}")]
+           ("load_average", "load avg", "{:.1f}"), ("cpu", "CPU", "{}")]
 KEYWORD_COLUMNS = [("chunks", "chunks", "{:,}"), ("dim", "dim", "{}"), ("warm_ms_p50", "vector p50 ms", "{:.1f}")] + [
     (f"{mode}_{kind}_ms_{p}", f"{mode} {kind} {p} ms", "{:.1f}")
     for mode in ("keyword", "hybrid") for kind in ("rare", "mid", "common") for p in ("p50", "p99")] + [
@@ -357,11 +414,14 @@ def keyword_table(rows: list[dict]) -> str:
     return table([row for row in rows if "keyword_mid_ms_p50" in row], KEYWORD_COLUMNS)
 
 
-def write_json(path: Path, rows: list[dict]) -> None:
+def write_json(path: Path, rows: list[dict], index_end_to_end: dict | None = None) -> None:
     ram_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {ram_gib} GiB RAM"
+    machine = f"{platform.machine()} ({cpu_kind()}), {os.cpu_count()} cores, {ram_gib} GiB RAM"
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = {"machine": machine, "measured": measured, "top_k": TOP_K, "rows": rows}
+    kept = json.loads(path.read_text()).get("index_end_to_end") if path.is_file() else None
+    if index_end_to_end or kept:
+        report["index_end_to_end"] = index_end_to_end or kept
     write_text_atomically(path, json.dumps(report, indent=1) + "\n")
 
 
@@ -370,8 +430,9 @@ def write_results_section(report: dict) -> None:
     section = "\n".join([
         "## Store: exact search over synthetic collections (benchmarks/store.py)",
         "",
-        f"{report['machine']}; measured {report['measured']}, on a machine shared with other work (the load "
-        "average of each row is in the last column; 2 cores). Random unit vectors, ~1,500 characters of text "
+        f"{report['machine']}; measured {report['measured']}; rows this run did not measure are kept from "
+        "earlier runs (each row's load average and CPU are in its last columns; rows without a CPU predate "
+        "that column). Random unit vectors, ~1,500 characters of text "
         f"per chunk, top {report['top_k']} by `Collection.search(vector=...)`. Warm: p50/p99 over 50 queries "
         "in one process, and the CPU time (both cores) of the median query. Cold: opening the collection "
         "and answering one query after its files were dropped "
@@ -393,6 +454,15 @@ def write_results_section(report: dict) -> None:
         "",
         keyword_table(report["rows"]),
     ])
+    timed = report.get("index_end_to_end")
+    if timed:
+        section += (f"\n\n`index` end to end (`--index-model`): {timed['files']} files ({timed['chunks']} chunks) "
+                    f"embedded with {timed['model']} and stored: {timed['seconds_with_keyword_indexes']} s with both "
+                    f"keyword indexes, {timed['seconds_without']} s with neither (their triggers dropped), medians of "
+                    f"{timed['rounds']} alternated rounds: {timed['slower_percent']:+.2f}% (fastest runs: "
+                    f"{timed['fastest_slower_percent']:+.2f}%; every run: {timed['runs']}; load average "
+                    f"{timed['load_average']}). The embedding's run-to-run spread is larger than the indexes' "
+                    "cost; the add rows/s columns above measure that cost alone.")
     write_section("store", section)
 
 
