@@ -81,6 +81,25 @@ def check_groups(source: Path, out_dir: Path, settings, n_groups: int) -> dict:
             "groups": {name: (result.sensitivity[name][result.calibration_type], measured[name]) for name in picked}}
 
 
+def at_stock_sizes(rows: list[dict]) -> list[dict]:
+    """For each stock or recipe file: the most faithful searched file of that size or smaller against
+    the most faithful stock or recipe file of that size or larger (the issue's comparison)."""
+    def error(row):
+        return 1 - row["cosine_mean"]
+
+    stock = sorted((r for r in rows if not r["searched"]), key=lambda r: r["mib"])
+    compared = []
+    for row in stock:
+        rival = min((r for r in stock if r["mib"] >= row["mib"]), key=error)
+        smaller = [r for r in rows if r["searched"] and r["mib"] <= row["mib"]]
+        searched = min(smaller, key=error) if smaller else None
+        compared.append({"stock": row["file"], "mib": row["mib"], "rival": rival["file"], "rival_error": error(rival),
+                         "searched": searched and searched["file"], "searched_mib": searched and searched["mib"],
+                         "searched_error": searched and error(searched),
+                         "ratio": searched and error(searched) / error(rival)})
+    return compared
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("planted", "0.6b"), default="planted")
@@ -129,6 +148,15 @@ def main() -> None:
                           "" if ratio is None else f"{ratio:.2f}",
                           f"{r['predicted_calibration_error']:.2e}" if r["searched"] else "",
                           f"{r['measured_calibration_error']:.2e}" if r["searched"] else ""]))
+    stock_sizes = at_stock_sizes(rows)
+    print("\nat each stock size: the best searched file no larger, against the best stock or recipe file of "
+          "that size or larger (mean 1 − cosine; target: ratio ≤ 0.6 on the planted fixture)")
+    print("stock file | MiB | best rival (≥ that size) | its 1 − cos | searched file | MiB | its 1 − cos | ratio")
+    for r in stock_sizes:
+        print(" | ".join([r["stock"], f"{r['mib']:.1f}", r["rival"], f"{r['rival_error']:.2e}",
+                          r["searched"] or "none", "" if r["searched"] is None else f"{r['searched_mib']:.1f}",
+                          "" if r["searched"] is None else f"{r['searched_error']:.2e}",
+                          "" if r["searched"] is None else f"{r['ratio']:.2f}"]))
     groups = check_groups(source, out_dir, settings, args.check_groups)
     print(f"\ngroups alone at {groups['type']}: mean 1 − cosine added over the base, calibration split")
     print("group | predicted | measured")
@@ -136,6 +164,7 @@ def main() -> None:
         print(f"{name} | {predicted:.2e} | {measured:.2e}")
     out = BENCH / f"searched_quant-{args.model}{'-quick' if args.quick else ''}.json"
     write_text_atomically(out, json.dumps({"model": str(source), "eval": result.eval_name, "rows": rows,
+                                           "at_stock_sizes": stock_sizes,
                                            "groups_alone": groups, "seconds": time.perf_counter() - started},
                                           indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
