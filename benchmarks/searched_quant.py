@@ -17,10 +17,11 @@ calibration split for every searched file (the groups' errors adding up), and fo
 each alone at the calibration type (the proxy's ranking within a kind).
 
     python benchmarks/searched_quant.py --model planted        # tests/checkpoints.py's planted fixture
-    python benchmarks/searched_quant.py --model 0.6b --limit 48 --imatrix-chunks 32   # the 0.6B shape, in an hour
+    python benchmarks/searched_quant.py --model 0.6b --limit 48 --imatrix-chunks 16   # the 0.6B shape: 24 min, 2 cores
     python benchmarks/searched_quant.py --model planted --quick   # a smoke run: 2 targets, 48 eval records
 
-Prints a table and writes benchmarks/searched_quant-<model>.json.
+Prints a table and writes benchmarks/searched_quant-<model>.json and the "searched-quant" section
+of benchmarks/results.md (from every searched_quant-*.json there; `--report` only rewrites it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, CACHE, MIB
+from common import BENCH, CACHE, MIB, cpu_kind, write_section
 from common import build_checkpoint as build_checkpoint_0_6b  # also puts the checkout and tests/ on sys.path
 
 from qwen3_gguf.atomic import write_text_atomically
@@ -108,7 +109,11 @@ def main() -> None:
     parser.add_argument("--imatrix-chunks", type=int, help="collect the sweep's imatrix on this many chunks")
     parser.add_argument("--check-groups", type=int, default=13,
                         help="groups measured alone against their prediction, evenly spaced (default 13)")
+    parser.add_argument("--report", action="store_true", help="only rewrite results.md's section from the JSON files")
     args = parser.parse_args()
+    if args.report:
+        write_results_section()
+        return
 
     from qwen3_gguf.quantization.sweep import SweepSettings, run_sweep
 
@@ -164,10 +169,38 @@ def main() -> None:
         print(f"{name} | {predicted:.2e} | {measured:.2e}")
     out = BENCH / f"searched_quant-{args.model}{'-quick' if args.quick else ''}.json"
     write_text_atomically(out, json.dumps({"model": str(source), "eval": result.eval_name, "rows": rows,
-                                           "at_stock_sizes": stock_sizes,
+                                           "cpu": cpu_kind(), "at_stock_sizes": stock_sizes,
                                            "groups_alone": groups, "seconds": time.perf_counter() - started},
                                           indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
+    write_results_section()
+
+
+def write_results_section() -> None:
+    """The "searched-quant" section of results.md: each model's table and its comparison at the stock sizes."""
+    parts = ["## Searched quantization against the stock types and recipes (benchmarks/searched_quant.py)", "",
+             "Mean and minimum cosine and recall@10 against the model on the held-out evaluation set; tokens/s "
+             "on that set (documents, queries); built s: quantizing (for a searched file, its search and build; "
+             "the first search measures, later ones reuse). Then, at each stock or recipe file's size: the best "
+             "searched file no larger against the best stock or recipe file no smaller (mean 1 − cosine)."]
+    for path in sorted(BENCH.glob("searched_quant-*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        rows = sorted(report["rows"], key=lambda r: r["mib"])
+        parts += ["", f"**{Path(report['model']).name}** ({report['eval']}, {len(rows)} files, "
+                      f"{report['seconds'] / 60:.0f} min in all; CPU: {report.get('cpu', 'not recorded')})", "",
+                  "| file | MiB | bits/w | cos mean | cos min | recall@10 | docs tok/s | queries tok/s | built s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        parts += [f"| {r['file']} | {r['mib']:.1f} | {r['bits_per_weight']:.2f} | {r['cosine_mean']:.5f} | "
+                  f"{r['cosine_min']:.5f} | {r['recall_at_10']:.3f} | {r['documents_tokens_per_s']:,.0f} | "
+                  f"{r['queries_tokens_per_s']:,.0f} | {'' if r['built_s'] is None else round(r['built_s'])} |"
+                  for r in rows]
+        parts += ["", "| at the size of | MiB | best no smaller | its 1 − cos | best searched no larger | its 1 − cos "
+                      "| ratio |", "|---|---|---|---|---|---|---|"]
+        parts += [f"| {c['stock']} | {c['mib']:.1f} | {c['rival']} | {c['rival_error']:.2e} | "
+                  f"{c['searched'] or '–'} | {'' if c['searched'] is None else format(c['searched_error'], '.2e')} | "
+                  f"{'' if c['searched'] is None else format(c['ratio'], '.2f')} |"
+                  for c in report.get("at_stock_sizes") or at_stock_sizes(report["rows"])]
+    write_section("searched-quant", "\n".join(parts))
 
 
 if __name__ == "__main__":
