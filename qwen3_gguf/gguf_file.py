@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,11 @@ def read_header(path: Path, *, keep_strings: frozenset[str] | set[str] = KEPT_ST
     """Parse and check the header and tensor table of a GGUF file (a UserError if damaged).
 
     String arrays are decoded only for the keys in `keep_strings` (the others hold their length).
+    The last few headers parsed are kept: a search or a sweep reads the same files' headers dozens
+    of times, and the Qwen vocabulary makes each parse cost about 0.2 s. A kept header is given
+    again only while the file has the same size and the same header bytes (a hash of them, a few
+    milliseconds), so a file rewritten or replaced is always parsed anew. Callers must not change
+    what they are given.
     """
     if not path.exists():
         raise UserError(f"model file not found: {path}")
@@ -214,12 +220,53 @@ def read_header(path: Path, *, keep_strings: frozenset[str] | set[str] = KEPT_ST
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 if data[:4] != GGUF_MAGIC:
                     raise UserError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+                key = (str(path.resolve()), frozenset(keep_strings))
+                kept = _kept_header(key, data)
+                if kept is not None:
+                    return kept
+                parser = _HeaderParser(data, keep_strings)
                 try:
-                    return _HeaderParser(data, keep_strings).parse()
+                    header = parser.parse()
                 except _Damaged as exc:
                     raise UserError(f"{path} is a corrupted or truncated GGUF: {exc}") from None
+                _keep_header(key, _KeptHeader(header, parser.pos, _digest(data, parser.pos)))
+                return header
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class _KeptHeader:
+    header: GGUFHeader
+    n_bytes: int                # the header's bytes: key/values and tensor table
+    digest: bytes
+
+
+KEPT_HEADERS = 16
+_KEPT: OrderedDict[tuple, _KeptHeader] = OrderedDict()
+_KEPT_LOCK = threading.Lock()
+
+
+def _digest(data: mmap.mmap, n_bytes: int) -> bytes:
+    return hashlib.blake2b(data[:n_bytes], digest_size=16).digest()
+
+
+def _kept_header(key: tuple, data: mmap.mmap) -> GGUFHeader | None:
+    with _KEPT_LOCK:
+        kept = _KEPT.get(key)
+    if kept is None or kept.header.file_size != len(data) or _digest(data, kept.n_bytes) != kept.digest:
+        return None
+    with _KEPT_LOCK:
+        if key in _KEPT:
+            _KEPT.move_to_end(key)
+    return kept.header
+
+
+def _keep_header(key: tuple, kept: _KeptHeader) -> None:
+    with _KEPT_LOCK:
+        _KEPT[key] = kept
+        while len(_KEPT) > KEPT_HEADERS:
+            _KEPT.popitem(last=False)
 
 
 class _Damaged(Exception):

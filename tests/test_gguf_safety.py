@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from checkpoints import byte_to_unicode
 from gguf import GGUFReader, GGUFWriter, PoolingType, TokenType
 
@@ -229,3 +230,27 @@ def test_two_hundred_damaged_files_are_refused_or_harmless(tmp_path):
         assert child.returncode == 0 and child.stdout.endswith("done\n"), (
             f"llama.cpp died (exit {child.returncode}) on {last}: {child.stderr[-2000:]}")
     assert len(accepted) < 60, f"{len(accepted)} of {len(may_pass)} bit flips were accepted"
+
+
+def test_a_file_rewritten_in_place_or_replaced_is_read_again(embedding_gguf_64, reranker_tied_gguf, tmp_path):
+    """Headers are kept between reads (a search reads the same ones dozens of times): never past a
+    change of the file, whether it is overwritten where it is or replaced by a rename."""
+    path = tmp_path / "model.gguf"
+    path.write_bytes(embedding_gguf_64.read_bytes())
+    assert read_model_file(path).kind == "embedding"
+    path.write_bytes(reranker_tied_gguf.read_bytes())                 # the same inode, new bytes
+    assert read_model_file(path).kind == "reranker"
+    swap = tmp_path / "swap.gguf"
+    swap.write_bytes(embedding_gguf_64.read_bytes())
+    os.replace(swap, path)                                            # another inode under the same name
+    assert read_model_file(path).kind == "embedding"
+    data = bytearray(path.read_bytes())                                # the same size, one word changed
+    at = data.index(b"general.architecture") + len(b"general.architecture") + 4 + 8
+    assert data[at:at + 5] == b"qwen3"
+    data[at:at + 5] = b"qwen2"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="is a 'qwen2' model"):
+        read_model_file(path)
+    path.write_bytes(path.read_bytes()[:-64])                         # truncated where it lies: refused
+    with pytest.raises(UserError, match="corrupted or truncated"):
+        read_model_file(path)
