@@ -19,6 +19,9 @@ each alone at the calibration type (the proxy's ranking within a kind).
     python benchmarks/searched_quant.py --model planted        # tests/checkpoints.py's planted fixture
     python benchmarks/searched_quant.py --model 0.6b --limit 48 --imatrix-chunks 16   # the 0.6B shape: 24 min, 2 cores
     python benchmarks/searched_quant.py --model planted --quick   # a smoke run: 2 targets, 48 eval records
+    python benchmarks/searched_quant.py --model 0.6b --limit 48 --imatrix-chunks 16 --targets 3.5,4.5,4.58,5.24,5.5,6.5
+                          # more targets (here: two stock files' bits per weight); earlier files and
+                          # measurements in the sweep's folder are reused
 
 Prints a table and writes benchmarks/searched_quant-<model>.json and the "searched-quant" section
 of benchmarks/results.md (from every searched_quant-*.json there; `--report` only rewrites it).
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("planted", "0.6b"), default="planted")
     parser.add_argument("--quick", action="store_true", help="4.5 and 6.5 only, 48 evaluation records")
     parser.add_argument("--limit", type=int, help="evaluation records (default: all)")
+    parser.add_argument("--targets", default=",".join(f"{t:g}" for t in TARGETS),
+                        help="bits-per-weight targets of the searched files (default %(default)s)")
     parser.add_argument("--imatrix-chunks", type=int, help="collect the sweep's imatrix on this many chunks")
     parser.add_argument("--check-groups", type=int, default=13,
                         help="groups measured alone against their prediction, evenly spaced (default 13)")
@@ -118,7 +123,7 @@ def main() -> None:
     from qwen3_gguf.quantization.sweep import SweepSettings, run_sweep
 
     source = model_gguf(args.model)
-    targets = (4.5, 6.5) if args.quick else TARGETS
+    targets = (4.5, 6.5) if args.quick else tuple(float(t) for t in args.targets.split(","))
     settings = SweepSettings(types=STOCK, recipes=RECIPES, searched=targets,
                              limit=48 if args.quick else args.limit, imatrix_chunks=args.imatrix_chunks)
     out_dir = CACHE / f"searched-{args.model}{'-quick' if args.quick else ''}"
