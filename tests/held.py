@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from qwen3_gguf.quantization.llama_quantize import HOLD_AT_FIRST_TENSOR
+from qwen3_gguf.llama_quantize import HOLD_AT_FIRST_TENSOR
 
 LIMIT_S = 300   # only a broken hold ever waits this long
 

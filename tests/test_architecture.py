@@ -17,7 +17,7 @@ ALLOWED = {
     "files": {"errors", "atomic", "catalog", "gguf_file", "limits", "prompts", "embed", "progress"},
     "mteb_tasks": {"errors", "atomic", "gguf_file", "hub", "limits", "progress", "prompts", "embed", "rerank"},
     "quantization": {"runtime", "errors", "atomic", "data", "gguf_file", "progress", "prompts", "tensor_names",
-                     "limits", "embed", "rerank", "convert", "mteb_tasks"},
+                     "limits", "embed", "rerank", "convert", "mteb_tasks", "llama_quantize"},
     "integrations": {"builds", "embed", "rerank", "errors", "limits", "prompts"},
 }
 # The front ends: the command line, the rooms only it starts (the server, the scale-out job) and the

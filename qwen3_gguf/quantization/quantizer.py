@@ -10,9 +10,9 @@ from pathlib import Path
 from ..atomic import temporary_path_for
 from ..errors import UserError
 from ..gguf_file import read_header
+from ..llama_quantize import QuantizeJob, run_quantize
 from ..progress import progress_bar
 from ..runtime import default_threads
-from .llama_quantize import QuantizeJob, run_quantize
 from .plan import QuantPlan
 
 
