@@ -225,3 +225,11 @@ def imatrix_256(embedding_gguf_256, calibration_file):
     from qwen3_gguf.quantization.imatrix import collect_imatrix
 
     return collect_imatrix(embedding_gguf_256, [calibration_file], chunk_tokens=256, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def search_work(tmp_path_factory) -> Path:
+    """One work folder for the searches of several tests. A search keeps its measurements by the model's
+    sha256 and its settings, so a test searching with an earlier test's settings reuses what that one
+    measured, as a user's second search does (tests that count measurements use folders of their own)."""
+    return tmp_path_factory.mktemp("search-work")

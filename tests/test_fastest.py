@@ -66,13 +66,13 @@ def test_equally_fast_types_fall_to_the_smaller():
 
 # --- a search with injected speed tables -------------------------------------------------------------
 
-def test_the_bulk_type_changes_with_the_measured_speeds(embedding_gguf_256, tmp_path):
+def test_the_bulk_type_changes_with_the_measured_speeds(embedding_gguf_256, search_work):
     target = SearchTarget(min_cosine=0.5)                 # every candidate meets it on this model
     chosen = {}
     for fastest, table in (("Q4_K", {"F16": 3e-9, "Q4_K": 1e-9, "Q8_0": 2e-9}),
                            ("Q8_0", {"F16": 3e-9, "Q4_K": 2e-9, "Q8_0": 1e-9})):
         machine = MachineIdentity(cpu=f"a CPU where {fastest} is fastest", build="b", threads=2)
-        result = fastest_quantization(embedding_gguf_256, target, SETTINGS, work_dir=tmp_path,
+        result = fastest_quantization(embedding_gguf_256, target, SETTINGS, work_dir=search_work,
                                       machine=machine, measure=SpeedTable(table))
         chosen[fastest] = result.search
         assert set(result.search.chosen.values()) == {fastest}, result.search.chosen
@@ -83,13 +83,13 @@ def test_the_bulk_type_changes_with_the_measured_speeds(embedding_gguf_256, tmp_
     assert set(chosen["Q4_K"].tensor_types.values()) == {"Q4_K"}
 
 
-def test_a_tight_floor_overrides_the_fastest_kernel(embedding_gguf_256, tmp_path):
-    loose = fastest_quantization(embedding_gguf_256, SearchTarget(min_cosine=0.5), SETTINGS, work_dir=tmp_path,
+def test_a_tight_floor_overrides_the_fastest_kernel(embedding_gguf_256, search_work):
+    loose = fastest_quantization(embedding_gguf_256, SearchTarget(min_cosine=0.5), SETTINGS, work_dir=search_work,
                                  machine=MACHINE, measure=SpeedTable({"F16": 3e-9, "Q4_K": 1e-9, "Q8_0": 2e-9}))
     q4_errors = sorted(e["Q4_K"] for e in loose.search.sensitivity.values())
     floor = loose.search.base_error + q4_errors[0] + q4_errors[1] / 2    # room for one group at Q4_K
     tight = fastest_quantization(embedding_gguf_256, SearchTarget(min_cosine=1 - floor), SETTINGS,
-                                 work_dir=tmp_path, machine=MACHINE,
+                                 work_dir=search_work, machine=MACHINE,
                                  measure=SpeedTable({"F16": 3e-9, "Q4_K": 1e-9, "Q8_0": 2e-9}))
     assert list(tight.search.chosen.values()).count("Q4_K") == 1
     assert tight.search.predicted_error <= floor

@@ -177,18 +177,18 @@ def test_sigkilled_search_resumes_where_it_stopped(embedding_gguf_256, tmp_path)
     assert not list(work.rglob("*.partial")) and not list(work.rglob("variant.gguf"))
 
 
-def test_interrupted_build_leaves_no_output_and_no_recipe(embedding_gguf_256, tmp_path, monkeypatch):
+def test_interrupted_build_leaves_no_output_and_no_recipe(embedding_gguf_256, search_work, tmp_path, monkeypatch):
     settings = SearchSettings(candidates=(Q.Q8_0,), calibration_records=8, max_tokens=64, eval_limit=8)
     result = search_quantization(embedding_gguf_256, SearchTarget(bits_per_weight=9.0), settings,
-                                 work_dir=tmp_path / "work")
+                                 work_dir=search_work)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(search_module, "run_model", interrupted)  # the built file is being measured
     with pytest.raises(KeyboardInterrupt):
-        build_searched(result, tmp_path / "out.gguf", work_dir=tmp_path / "work")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+        build_searched(result, tmp_path / "out.gguf", work_dir=search_work)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- the command line and bad input -------------------------------------------------------------------
