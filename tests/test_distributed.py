@@ -380,6 +380,12 @@ def test_cli_lance_twice_without_duplicates_then_search(local_ray, corpus, embed
 
     other = run_cli("embed-files", corpus, "--engine", "ray", "-m", embedding_gguf_256, "--dim", 64, "-o", target)
     assert other.exit_code == 2 and "holds 256-dimensional vectors" in other.output
+    with socket.socket() as s:                               # refused before any cluster is reached
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    other = run_cli("embed-files", corpus, "--engine", "ray", "--address", nowhere, "-m", embedding_gguf_256,
+                    "--dim", 64, "-o", target)
+    assert other.exit_code == 2 and "holds 256-dimensional vectors" in other.output, other.output
 
 
 @pytest.mark.ray

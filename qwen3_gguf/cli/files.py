@@ -132,9 +132,9 @@ def embed_files_on_ray(paths: tuple[str, ...], *, model: str, instruction: str |
     if text_column and (include or exclude):
         raise UserError("--glob and --exclude apply to folders of text files, not to tables (--text-column)")
     identity = ModelIdentity.of(model, dim)
+    sink = open_sink(output, identity, fmt=fmt)         # another model's or dim's output: refused before Ray starts
     counts = Counts()
     with ray_session(address, verbose=verbose):
-        sink = open_sink(output, identity, fmt=fmt)
         if text_column:
             ds = read_table(paths, text_column=text_column, id_column=id_column)
         else:
