@@ -38,7 +38,6 @@ def mteb(obj: AppState, model: str, tasks: str, dim: int | None, instructions: t
     from ..embed import Embedder
     from ..gguf_file import read_model_file, require_kind
     from ..limits import check_dim
-    from ..mteb_tasks import load_tasks, resolve_tasks, run_tasks
 
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not names:
@@ -47,6 +46,8 @@ def mteb(obj: AppState, model: str, tasks: str, dim: int | None, instructions: t
     model_file = read_model_file(resolve_model(model, "embedding"))
     require_kind(model_file, "embedding")
     check_dim(dim, model_file.embedding_length)
+    from ..mteb_tasks import load_tasks, resolve_tasks, run_tasks  # mteb takes seconds to import: after the checks
+
     chosen = resolve_tasks(names)
     load_tasks(chosen)
     embedder = Embedder(model, device=device, threads=threads, max_tokens=max_tokens, verbose=obj.verbose)
